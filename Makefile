@@ -1,0 +1,33 @@
+# make test  : create .venv if missing, install the project with its test extra, run the CPU test suite
+# make bench : same set-up, run the benchmarks, write bench/latest.csv and bench/latest.md, print the table
+#
+# TORCH picks the PyTorch build installed before the project (the CPU wheel by default: the suite needs no
+# GPU). Override it, e.g. `make test TORCH=torch`, to take whatever pip resolves.
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.fastcyclegan-installed
+
+.PHONY: test bench smoke lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[test,plot,images]"
+	@touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest tests -q
+
+bench: $(STAMP)
+	@echo 'make bench: the benchmark suite is not built yet' && exit 1
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .benchmarks bench/latest.csv bench/latest.md *.egg-info

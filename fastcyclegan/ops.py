@@ -1,0 +1,168 @@
+"""`instance_norm(x, residual=None, *, relu=False, eps=1e-5)`: fused IN (+ ReLU) (+ residual) as a torch custom op.
+
+The op `torch.ops.fastcyclegan.instance_norm` has a fake (meta) implementation and a registered autograd
+formula, so `torch.compile(fullgraph=True)` traces through it and keeps it as one node. It runs the Triton
+kernels of `fastcyclegan.kernels` on CUDA, and on the CPU when TRITON_INTERPRET=1 was set before Triton
+compiled them (the interpreter); otherwise, and for float64 everywhere, an equivalent PyTorch implementation.
+
+This is the only module that knows about Triton.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_triton(x: Tensor) -> bool:
+    """Whether x goes through the Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1) or through PyTorch."""
+    if x.dtype == torch.float64 or not _TRITON:
+        return False
+    if x.device.type == "cuda":
+        return True
+    return x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+_TRITON = _triton_available()
+
+
+def _plane_layout(x: Tensor) -> Tensor:
+    """x itself when H and W collapse into one strided axis (NCHW or channels-last), else an NCHW copy."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def _same_layout(t: Tensor, like: Tensor) -> Tensor:
+    """t with exactly like's strides (the kernels address both through one set)."""
+    return t if t.stride() == like.stride() else torch.empty_like(like).copy_(t)
+
+
+def _stats_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PyTorch implementation (CPU without the interpreter, float64 anywhere): same maths, same layouts
+
+
+def _torch_forward(x: Tensor, residual: Optional[Tensor], relu: bool, eps: float):
+    xf = x.to(_stats_dtype(x))
+    var, mean = torch.var_mean(xf, dim=(2, 3), correction=0)  # Welford inside var_mean
+    rstd = torch.rsqrt(var + eps)
+    y = (xf - mean[:, :, None, None]) * rstd[:, :, None, None]
+    if relu:
+        y = torch.where(y < 0, 0.0, y)  # keeps NaN, like torch.relu
+    if residual is not None:
+        y = y + residual
+    return torch.empty_like(x).copy_(y), mean, rstd
+
+
+def _torch_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, relu: bool) -> Tensor:
+    mean, rstd = mean[:, :, None, None], rstd[:, :, None, None]
+    xhat = (x.to(mean.dtype) - mean) * rstd
+    g = dy.to(mean.dtype)
+    if relu:
+        g = torch.where(xhat > 0, g, 0.0)
+    mean_g = g.mean(dim=(2, 3), keepdim=True)
+    mean_gx = (g * xhat).mean(dim=(2, 3), keepdim=True)
+    return torch.empty_like(x).copy_(rstd * (g - mean_g - xhat * mean_gx))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# custom ops
+
+
+@torch.library.custom_op("fastcyclegan::instance_norm", mutates_args=())
+def _instance_norm(x: Tensor, residual: Optional[Tensor], relu: bool, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Returns (y, mean, rstd); mean and rstd are (N, C) in fp32 (float64 for float64 x)."""
+    x = _plane_layout(x)
+    if residual is not None:
+        residual = _same_layout(residual, x)
+    if use_triton(x):
+        from .kernels import instance_norm_forward
+
+        return instance_norm_forward(x, residual, relu, eps)
+    return _torch_forward(x, residual, relu, eps)
+
+
+@_instance_norm.register_fake
+def _(x, residual, relu, eps):
+    x = _plane_layout(x)
+    stats = x.new_empty(x.shape[:2], dtype=_stats_dtype(x))
+    return torch.empty_like(x), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("fastcyclegan::instance_norm_backward", mutates_args=())
+def _instance_norm_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, relu: bool) -> Tensor:
+    """dx of the forward op; x is the saved (already plane-laid-out) input."""
+    dy = _same_layout(dy, x)
+    if use_triton(x):
+        from .kernels import instance_norm_backward
+
+        return instance_norm_backward(dy, x, mean, rstd, relu)
+    return _torch_backward(dy, x, mean, rstd, relu)
+
+
+@_instance_norm_backward.register_fake
+def _(dy, x, mean, rstd, relu):
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    x, residual, relu, _eps = inputs
+    _y, mean, rstd = output
+    ctx.save_for_backward(_plane_layout(x), mean, rstd)
+    ctx.relu = relu
+    ctx.has_residual = residual is not None
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    x, mean, rstd = ctx.saved_tensors
+    dx = _instance_norm_backward(dy, x, mean, rstd, ctx.relu) if ctx.needs_input_grad[0] else None
+    dresidual = dy if ctx.has_residual and ctx.needs_input_grad[1] else None
+    return dx, dresidual, None, None
+
+
+_instance_norm.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public API
+
+
+def instance_norm(x: Tensor, residual: Optional[Tensor] = None, *, relu: bool = False, eps: float = 1e-5) -> Tensor:
+    """y = IN(x), then relu(y) if `relu`, then y + residual if given; one fused pass over x.
+
+    x: (N, C, H, W) fp16/bf16/fp32/fp64, NCHW or channels-last; the output keeps x's dtype and memory format.
+    residual: None or a tensor of x's shape, dtype and device. Statistics are per (image, channel) over H*W,
+    without affine parameters, as in `nn.InstanceNorm2d(C)`; they accumulate in fp32 (fp64 for fp64 x).
+    """
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"instance_norm expects a 4-D (N, C, H, W) tensor, got {shape}")
+    if x.dtype not in _SUPPORTED_DTYPES:
+        raise ValueError(f"instance_norm expects float16, bfloat16, float32 or float64, got {x.dtype}")
+    if residual is not None:
+        if not isinstance(residual, Tensor):
+            raise ValueError(f"residual must be a tensor or None, got {type(residual).__name__}")
+        if residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device:
+            raise ValueError(
+                f"residual must match x: expected shape {tuple(x.shape)}, {x.dtype} on {x.device}, "
+                f"got shape {tuple(residual.shape)}, {residual.dtype} on {residual.device}"
+            )
+    return torch.ops.fastcyclegan.instance_norm(x, residual, relu, float(eps))[0]

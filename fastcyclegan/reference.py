@@ -1,0 +1,124 @@
+"""The CycleGAN paper's networks, laid out like the public checkpoints.
+
+Generator (Zhu et al. 2017, appendix 7.2): c7s1-64, d128, d256, R256 x num_blocks, u128, u64, c7s1-3.
+The `nn.Sequential` indices reproduce the public repository's `ResnetGenerator`, so a
+`latest_net_G.pth` loads with `load_state_dict` (keys `model.1.weight`, `model.10.conv_block.1.weight`, ...).
+
+Three bugs of the tutorial this project grew from are deliberately absent (tests/test_reference.py proves it):
+every residual block is its own module (not `[ResidualBlock()] * n`), c7s1-64 ends with a ReLU, and each
+norm is built for its own channel count (not `InstanceNorm2d(256)` everywhere).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+# Sequential indices of the public layout; the generator's blocks start right after the two d-layers.
+STEM_CONV = 1
+DOWN_CONVS = (4, 7)
+FIRST_BLOCK = 10
+
+
+def instance_norm(channels: int) -> nn.InstanceNorm2d:
+    """The paper's norm: per-image, per-channel statistics, no affine parameters, no running stats."""
+    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+
+
+class ResidualBlock(nn.Module):
+    """R_k: pad, conv3x3, IN, ReLU, pad, conv3x3, IN; returns x + block(x). Keys conv_block.1.* and conv_block.5.*."""
+
+    def __init__(self, channels: int = 256):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            instance_norm(channels),
+            nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            instance_norm(channels),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv_block(x)
+
+
+def _down(in_channels: int, out_channels: int) -> list[nn.Module]:
+    """d_k: 3x3 stride-2 conv, IN, ReLU."""
+    return [nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1), instance_norm(out_channels), nn.ReLU(True)]
+
+
+def _up(in_channels: int, out_channels: int) -> list[nn.Module]:
+    """u_k: 3x3 fractionally strided conv (exactly doubles H and W), IN, ReLU."""
+    conv = nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
+    return [conv, instance_norm(out_channels), nn.ReLU(True)]
+
+
+class Generator(nn.Module):
+    """The ResNet generator: 6 blocks for 128x128 images, 9 for 256x256.
+
+    Input and output are (N, in_channels, H, W) and (N, out_channels, H', W') with H' = 4 * ceil(ceil(H / 2) / 2),
+    so H' == H when H is a multiple of 4. Values of the output lie in [-1, 1] (Tanh).
+    """
+
+    def __init__(self, num_blocks: int = 9, in_channels: int = 3, out_channels: int = 3, ngf: int = 64):
+        super().__init__()
+        if num_blocks < 0 or in_channels < 1 or out_channels < 1 or ngf < 1:
+            raise ValueError(
+                "Generator expects num_blocks >= 0 and positive channel counts, got "
+                f"num_blocks={num_blocks}, in_channels={in_channels}, out_channels={out_channels}, ngf={ngf}"
+            )
+        self.num_blocks = num_blocks
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.ngf = ngf
+        layers: list[nn.Module] = [  # c7s1-64 (indices 0-3)
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(in_channels, ngf, 7),
+            instance_norm(ngf),
+            nn.ReLU(True),
+        ]
+        layers += _down(ngf, ngf * 2) + _down(ngf * 2, ngf * 4)  # d128, d256 (4-9)
+        layers += [ResidualBlock(ngf * 4) for _ in range(num_blocks)]  # R256 x n, each with its own weights
+        layers += _up(ngf * 4, ngf * 2) + _up(ngf * 2, ngf)  # u128, u64
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh()]  # c7s1-3
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    @property
+    def up_convs(self) -> tuple[int, int]:
+        """Sequential indices of the two fractionally strided convs."""
+        first = FIRST_BLOCK + self.num_blocks
+        return first, first + 3
+
+    @property
+    def final_conv(self) -> int:
+        """Sequential index of the last 7x7 conv."""
+        return FIRST_BLOCK + self.num_blocks + 7
+
+
+class Discriminator(nn.Module):
+    """The 70x70 PatchGAN: C64 (no norm), C128, C256, C512 (stride 1), then a 1-channel 4x4 conv.
+
+    Keys follow the public NLayerDiscriminator (model.0, model.2, model.5, model.8, model.11).
+    A 256x256 input gives a 30x30 map of patch logits.
+    """
+
+    def __init__(self, in_channels: int = 3, ndf: int = 64):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        channels = ndf
+        for stride in (2, 2, 1):
+            layers += [
+                nn.Conv2d(channels, channels * 2, 4, stride=stride, padding=1),
+                instance_norm(channels * 2),
+                nn.LeakyReLU(0.2, True),
+            ]
+            channels *= 2
+        layers.append(nn.Conv2d(channels, 1, 4, stride=1, padding=1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)

@@ -1,0 +1,357 @@
+"""Fused instance norm, optionally followed by ReLU and/or a residual add: Triton kernels and launchers.
+
+Every (image n, channel c) plane of x (N, C, H, W) is normalized over its P = H * W positions:
+
+    mean = sum(x) / P        var = sum((x - mean)^2) / P        rstd = 1 / sqrt(var + eps)
+    xhat = (x - mean) * rstd
+    forward:   y  = act(xhat) + r              act = relu or identity, r = residual or 0
+    backward:  g  = dy * act'(xhat)            (act' = [xhat > 0] for relu, 1 otherwise)
+               dx = rstd * (g - mean(g) - xhat * mean(g * xhat))          d residual = dy
+
+All statistics are fp32 whatever the storage dtype (fp32, fp16, bf16). The variance is never E[x^2] - E[x]^2:
+each tile's mean and centred sum of squares are computed in registers and merged with the running ones by
+Chan et al.'s parallel formula, so activations with |mean| >> std keep their precision.
+
+The tensors are addressed as (N, C, P) through three strides, so channels-last (stride_c == 1) and NCHW
+(stride_p == 1) run through the same kernels. A plane's P positions are cut into SPLIT chunks, so that a
+batch of one still gives every SM work: pass 1 writes one partial per (n, c, chunk), pass 2 combines the
+partials of its plane (cheap: SPLIT values) and then transforms its own chunk.
+
+Order of this file: forward kernels, backward kernels, launch planning, launchers.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers shared by the kernels
+
+
+@triton.jit
+def _program_plane(C, BLOCK_C: tl.constexpr):
+    """Program axis 0 enumerates (image, channel block); returns n and the channel offsets [BLOCK_C]."""
+    pid = tl.program_id(0)
+    num_cb = tl.cdiv(C, BLOCK_C)
+    n = pid // num_cb
+    offs_c = (pid % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return n, offs_c
+
+
+@triton.jit
+def _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P: tl.constexpr):
+    """Offsets and mask of the [BLOCK_P, BLOCK_C] tile of positions p0 .. p0 + BLOCK_P (clipped at end)."""
+    offs_p = p0 + tl.arange(0, BLOCK_P)
+    mask = (offs_p < end)[:, None] & (offs_c < C)[None, :]
+    offsets = (
+        n.to(tl.int64) * stride_n + offs_p.to(tl.int64)[:, None] * stride_p + offs_c.to(tl.int64)[None, :] * stride_c
+    )
+    return offsets, mask
+
+
+@triton.jit
+def _partials(PART, n, offs_c, C, SPLIT, SPLIT_BLOCK: tl.constexpr):
+    """The [SPLIT_BLOCK, BLOCK_C] partials of the planes (n, offs_c) from a (N, C, SPLIT) fp32 buffer."""
+    offs_s = tl.arange(0, SPLIT_BLOCK)
+    mask = (offs_s < SPLIT)[:, None] & (offs_c < C)[None, :]
+    index = (n.to(tl.int64) * C + offs_c[None, :]) * SPLIT + offs_s[:, None]
+    return tl.load(PART + index, mask=mask, other=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# forward
+
+
+@triton.jit
+def _in_fwd_stats_kernel(
+    X,  # pointer to the input, (N, C, P) through the strides
+    PART_MEAN,  # pointer to fp32 (N, C, SPLIT): mean of each chunk
+    PART_M2,  # pointer to fp32 (N, C, SPLIT): centred sum of squares of each chunk
+    P,  # positions per plane (H * W)
+    C,  # channels
+    CHUNK,  # positions per chunk, a multiple of BLOCK_P; chunk s covers [s * CHUNK, min((s + 1) * CHUNK, P))
+    SPLIT,  # chunks per plane (program axis 1)
+    stride_n,
+    stride_c,
+    stride_p,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    n, offs_c = _program_plane(C, BLOCK_C)
+    s = tl.program_id(1)
+    start = s * CHUNK
+    end = tl.minimum(start + CHUNK, P)
+    count = 0.0
+    mean = tl.zeros([BLOCK_C], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for p0 in range(start, end, BLOCK_P):
+        offsets, mask = _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P)
+        x = tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32)
+        tile_count = tl.minimum(end - p0, BLOCK_P).to(tl.float32)
+        tile_mean = tl.sum(x, axis=0) / tile_count
+        centred = tl.where(mask, x - tile_mean[None, :], 0.0)
+        tile_m2 = tl.sum(centred * centred, axis=0)
+        # Chan et al.: merge (count, mean, m2) with the tile's (tile_count, tile_mean, tile_m2)
+        total = count + tile_count
+        delta = tile_mean - mean
+        mean += delta * (tile_count / total)
+        m2 += tile_m2 + delta * delta * (count * tile_count / total)
+        count = total
+    index = (n.to(tl.int64) * C + offs_c) * SPLIT + s
+    tl.store(PART_MEAN + index, mean, mask=offs_c < C)
+    tl.store(PART_M2 + index, m2, mask=offs_c < C)
+
+
+@triton.jit
+def _in_fwd_apply_kernel(
+    X,  # pointer to the input, (N, C, P) through the strides
+    R,  # pointer to the residual, same strides as X (read only when HAS_RESIDUAL)
+    Y,  # pointer to the output, same strides as X
+    PART_MEAN,  # pointer to fp32 (N, C, SPLIT), from the stats kernel
+    PART_M2,  # pointer to fp32 (N, C, SPLIT), from the stats kernel
+    MEAN,  # pointer to fp32 (N, C): the plane means, saved for the backward
+    RSTD,  # pointer to fp32 (N, C): 1 / sqrt(var + eps), saved for the backward
+    P,
+    C,
+    CHUNK,
+    SPLIT,
+    eps,
+    stride_n,
+    stride_c,
+    stride_p,
+    RELU: tl.constexpr,  # apply max(., 0) after the norm (NaN stays NaN)
+    HAS_RESIDUAL: tl.constexpr,  # add R after the norm (and the ReLU)
+    SPLIT_BLOCK: tl.constexpr,  # next power of two >= SPLIT
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    n, offs_c = _program_plane(C, BLOCK_C)
+    s = tl.program_id(1)
+    # Combine the chunks' (count, mean, m2) exactly: mean = sum(n_s mean_s) / P, m2 = sum(m2_s + n_s d_s^2).
+    part_mean = _partials(PART_MEAN, n, offs_c, C, SPLIT, SPLIT_BLOCK)
+    part_m2 = _partials(PART_M2, n, offs_c, C, SPLIT, SPLIT_BLOCK)
+    chunk_start = tl.arange(0, SPLIT_BLOCK) * CHUNK
+    part_count = tl.minimum(tl.maximum(P - chunk_start, 0), CHUNK).to(tl.float32)[:, None]
+    mean = tl.sum(part_count * part_mean, axis=0) / P
+    delta = tl.where(part_count > 0, part_mean - mean[None, :], 0.0)
+    var = tl.sum(part_m2 + part_count * delta * delta, axis=0) / P
+    rstd = 1.0 / tl.sqrt(var + eps)
+    if s == 0:
+        stats = n.to(tl.int64) * C + offs_c
+        tl.store(MEAN + stats, mean, mask=offs_c < C)
+        tl.store(RSTD + stats, rstd, mask=offs_c < C)
+    start = s * CHUNK
+    end = tl.minimum(start + CHUNK, P)
+    for p0 in range(start, end, BLOCK_P):
+        offsets, mask = _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P)
+        x = tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32)
+        y = (x - mean[None, :]) * rstd[None, :]
+        if RELU:
+            y = tl.where(y < 0.0, 0.0, y)
+        if HAS_RESIDUAL:
+            y += tl.load(R + offsets, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Y + offsets, y.to(Y.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# backward
+
+
+@triton.jit
+def _in_bwd_reduce_kernel(
+    DY,  # pointer to the output gradient, same strides as X
+    X,  # pointer to the forward input, (N, C, P) through the strides
+    MEAN,  # pointer to fp32 (N, C), saved by the forward
+    RSTD,  # pointer to fp32 (N, C), saved by the forward
+    PART_G,  # pointer to fp32 (N, C, SPLIT): sum of g over each chunk
+    PART_GX,  # pointer to fp32 (N, C, SPLIT): sum of g * xhat over each chunk
+    P,
+    C,
+    CHUNK,
+    SPLIT,
+    stride_n,
+    stride_c,
+    stride_p,
+    RELU: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    n, offs_c = _program_plane(C, BLOCK_C)
+    s = tl.program_id(1)
+    stats = n.to(tl.int64) * C + offs_c
+    mean = tl.load(MEAN + stats, mask=offs_c < C, other=0.0)
+    rstd = tl.load(RSTD + stats, mask=offs_c < C, other=0.0)
+    sum_g = tl.zeros([BLOCK_C], dtype=tl.float32)
+    sum_gx = tl.zeros([BLOCK_C], dtype=tl.float32)
+    start = s * CHUNK
+    end = tl.minimum(start + CHUNK, P)
+    for p0 in range(start, end, BLOCK_P):
+        offsets, mask = _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P)
+        xhat = (tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32) - mean[None, :]) * rstd[None, :]
+        g = tl.load(DY + offsets, mask=mask, other=0.0).to(tl.float32)
+        if RELU:
+            g = tl.where(xhat > 0.0, g, 0.0)
+        sum_g += tl.sum(g, axis=0)
+        sum_gx += tl.sum(g * xhat, axis=0)
+    index = stats * SPLIT + s
+    tl.store(PART_G + index, sum_g, mask=offs_c < C)
+    tl.store(PART_GX + index, sum_gx, mask=offs_c < C)
+
+
+@triton.jit
+def _in_bwd_apply_kernel(
+    DY,  # pointer to the output gradient, same strides as X
+    X,  # pointer to the forward input
+    DX,  # pointer to the input gradient, same strides as X
+    MEAN,  # pointer to fp32 (N, C)
+    RSTD,  # pointer to fp32 (N, C)
+    PART_G,  # pointer to fp32 (N, C, SPLIT), from the reduce kernel
+    PART_GX,  # pointer to fp32 (N, C, SPLIT), from the reduce kernel
+    P,
+    C,
+    CHUNK,
+    SPLIT,
+    stride_n,
+    stride_c,
+    stride_p,
+    RELU: tl.constexpr,
+    SPLIT_BLOCK: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    n, offs_c = _program_plane(C, BLOCK_C)
+    s = tl.program_id(1)
+    stats = n.to(tl.int64) * C + offs_c
+    mean = tl.load(MEAN + stats, mask=offs_c < C, other=0.0)
+    rstd = tl.load(RSTD + stats, mask=offs_c < C, other=0.0)
+    mean_g = tl.sum(_partials(PART_G, n, offs_c, C, SPLIT, SPLIT_BLOCK), axis=0) / P
+    mean_gx = tl.sum(_partials(PART_GX, n, offs_c, C, SPLIT, SPLIT_BLOCK), axis=0) / P
+    start = s * CHUNK
+    end = tl.minimum(start + CHUNK, P)
+    for p0 in range(start, end, BLOCK_P):
+        offsets, mask = _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P)
+        xhat = (tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32) - mean[None, :]) * rstd[None, :]
+        g = tl.load(DY + offsets, mask=mask, other=0.0).to(tl.float32)
+        if RELU:
+            g = tl.where(xhat > 0.0, g, 0.0)
+        dx = rstd[None, :] * (g - mean_g[None, :] - xhat * mean_gx[None, :])
+        tl.store(DX + offsets, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# launch planning
+
+_TILE_ELEMENTS = 4096  # elements per [BLOCK_P, BLOCK_C] tile: 32 fp32 registers a thread at 4 warps
+_PROGRAMS_PER_SM = 8  # split planes until the grid has about this many programs per SM
+_MAX_SPLIT = 256
+
+
+@dataclass(frozen=True)
+class Plan:
+    block_p: int
+    block_c: int
+    split: int
+    chunk: int
+    num_warps: int
+
+    def grid(self, n: int, c: int) -> tuple[int, int]:
+        return (n * triton.cdiv(c, self.block_c), self.split)
+
+
+@functools.lru_cache(maxsize=16)
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1  # the interpreter runs programs one after another: splitting only adds programs
+
+
+def plan(n: int, c: int, p: int, channels_last: bool, device: torch.device, split: int | None = None) -> Plan:
+    """Tile shape, chunking and warps for (n, c, p) planes; `split` forces the number of chunks per plane."""
+    # The contiguous axis gets the long side of the tile, so every warp reads whole 32-byte sectors.
+    block_c = min(64, max(4, triton.next_power_of_2(c))) if channels_last else min(4, triton.next_power_of_2(c))
+    block_p = max(16, min(_TILE_ELEMENTS // block_c, triton.next_power_of_2(p)))
+    tiles = triton.cdiv(p, block_p)
+    if split is None:
+        programs = n * triton.cdiv(c, block_c)
+        wanted = _PROGRAMS_PER_SM * _sm_count(device)
+        split = triton.cdiv(wanted, programs) if programs < wanted else 1
+    split = max(1, min(split, tiles, _MAX_SPLIT))
+    chunk = triton.cdiv(tiles, split) * block_p
+    split = triton.cdiv(p, chunk)  # no empty chunks
+    num_warps = 8 if block_p * block_c >= 4096 else 4
+    return Plan(block_p, block_c, split, chunk, num_warps)
+
+
+def plane_strides(x: torch.Tensor) -> tuple[int, int, int]:
+    """(stride_n, stride_c, stride_p) of a 4-D tensor whose H and W collapse into one axis of P = H * W."""
+    n, c, h, w = x.shape
+    return x.view(n, c, h * w).stride()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# launchers: x, residual and dy must share one (N, C, P)-collapsible layout; fastcyclegan.ops ensures it.
+
+
+def instance_norm_forward(
+    x: torch.Tensor, residual: torch.Tensor | None, relu: bool, eps: float, split: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y = act(IN(x)) (+ residual) in x's dtype and layout, and the fp32 (N, C) mean and rstd."""
+    n, c, h, w = x.shape
+    p = h * w
+    y = torch.empty_like(x)
+    mean = torch.empty((n, c), device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    if x.numel() == 0:
+        return y, mean, rstd
+    cfg = plan(n, c, p, x.stride(1) == 1 and c > 1, x.device, split)
+    part_mean = torch.empty((n, c, cfg.split), device=x.device, dtype=torch.float32)
+    part_m2 = torch.empty_like(part_mean)
+    strides = plane_strides(x)
+    grid = cfg.grid(n, c)
+    _in_fwd_stats_kernel[grid](
+        x, part_mean, part_m2, p, c, cfg.chunk, cfg.split, *strides,
+        BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    _in_fwd_apply_kernel[grid](
+        x, x if residual is None else residual, y, part_mean, part_m2, mean, rstd,
+        p, c, cfg.chunk, cfg.split, eps, *strides,
+        RELU=relu, HAS_RESIDUAL=residual is not None, SPLIT_BLOCK=triton.next_power_of_2(cfg.split),
+        BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return y, mean, rstd
+
+
+def instance_norm_backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    relu: bool,
+    split: int | None = None,
+) -> torch.Tensor:
+    """dx of y = act(IN(x)) (+ residual), in x's dtype and layout; the residual's gradient is dy itself."""
+    n, c, h, w = x.shape
+    p = h * w
+    dx = torch.empty_like(x)
+    if x.numel() == 0:
+        return dx
+    cfg = plan(n, c, p, x.stride(1) == 1 and c > 1, x.device, split)
+    part_g = torch.empty((n, c, cfg.split), device=x.device, dtype=torch.float32)
+    part_gx = torch.empty_like(part_g)
+    strides = plane_strides(x)
+    grid = cfg.grid(n, c)
+    _in_bwd_reduce_kernel[grid](
+        dy, x, mean, rstd, part_g, part_gx, p, c, cfg.chunk, cfg.split, *strides,
+        RELU=relu, BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    _in_bwd_apply_kernel[grid](
+        dy, x, dx, mean, rstd, part_g, part_gx, p, c, cfg.chunk, cfg.split, *strides,
+        RELU=relu, SPLIT_BLOCK=triton.next_power_of_2(cfg.split),
+        BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return dx

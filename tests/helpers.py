@@ -1,0 +1,88 @@
+"""Shared test helpers: the one tolerance table, float64 references, and the public repository's layout."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# (atol, rtol) against a float64 reference, for every dtype and every comparison in this suite.
+TOLERANCE = {
+    torch.float32: (2e-5, 1e-5),
+    torch.float16: (4e-3, 2e-3),
+    torch.bfloat16: (3e-2, 1e-2),
+    torch.float64: (1e-10, 1e-10),
+}
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str = "") -> None:
+    atol, rtol = TOLERANCE[dtype]
+    torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+
+
+def reference_instance_norm(x, residual=None, relu=False, eps=1e-5):
+    """act(IN(x)) (+ residual) in float64, two-pass variance; equals F.instance_norm where that accepts x."""
+    xd = x.double()
+    mean = xd.mean(dim=(2, 3), keepdim=True)
+    var = ((xd - mean) ** 2).mean(dim=(2, 3), keepdim=True)
+    y = (xd - mean) / torch.sqrt(var + eps)
+    if relu:
+        y = torch.relu(y)
+    if residual is not None:
+        y = y + residual.double()
+    return y
+
+
+def to_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def rms(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.double() - b.double()).pow(2).mean().sqrt().item()
+
+
+class PublicResnetBlock(nn.Module):
+    """The public repository's ResnetBlock, rewritten here from its definition (reflect / replicate padding)."""
+
+    def __init__(self, dim, norm_layer, use_dropout, padding_type="reflect"):
+        super().__init__()
+        pad = {"reflect": nn.ReflectionPad2d, "replicate": nn.ReplicationPad2d}[padding_type]
+        layers = [pad(1), nn.Conv2d(dim, dim, 3, bias=True), norm_layer(dim), nn.ReLU(True)]
+        if use_dropout:
+            layers.append(nn.Dropout(0.5))
+        layers += [pad(1), nn.Conv2d(dim, dim, 3, bias=True), norm_layer(dim)]
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv_block(x)
+
+
+class PublicResnetGenerator(nn.Module):
+    """The public repository's ResnetGenerator with its options, built independently of fastcyclegan."""
+
+    def __init__(self, input_nc=3, output_nc=3, ngf=64, n_blocks=9, use_dropout=False, norm="instance",
+                 padding_type="reflect"):  # fmt: skip
+        super().__init__()
+        if norm == "instance":
+
+            def norm_layer(c):
+                return nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
+        else:
+            norm_layer = nn.BatchNorm2d
+        model = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7, padding=0), norm_layer(ngf), nn.ReLU(True)]
+        for i in range(2):
+            mult = 2**i
+            model += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1), norm_layer(ngf * mult * 2),
+                      nn.ReLU(True)]  # fmt: skip
+        for _ in range(n_blocks):
+            model += [PublicResnetBlock(ngf * 4, norm_layer, use_dropout, padding_type)]
+        for i in range(2):
+            mult = 2 ** (2 - i)
+            model += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
+                      norm_layer(ngf * mult // 2), nn.ReLU(True)]  # fmt: skip
+        model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7, padding=0), nn.Tanh()]
+        self.model = nn.Sequential(*model)
+
+    def forward(self, x):
+        return self.model(x)

@@ -1,0 +1,134 @@
+"""Loading real checkpoints: round trip, legacy buffers, DataParallel prefixes, and refusals."""
+
+import pytest
+import torch
+from helpers import PublicResnetGenerator
+
+from fastcyclegan import Discriminator, FastGenerator, Generator, load_generator
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("num_blocks, ngf", [(9, 64), (6, 16), (2, 8)])
+def test_round_trip_through_a_file_infers_the_architecture(tmp_path, num_blocks, ngf):
+    g = Generator(num_blocks, ngf=ngf)
+    path = tmp_path / "latest_net_G.pth"
+    torch.save(g.state_dict(), path)
+    loaded = load_generator(path)
+    assert type(loaded) is Generator
+    assert (loaded.num_blocks, loaded.ngf, loaded.in_channels, loaded.out_channels) == (num_blocks, ngf, 3, 3)
+    assert _same_weights(loaded, g)
+
+
+def test_other_channel_counts_are_inferred(tmp_path):
+    g = Generator(3, in_channels=1, out_channels=4, ngf=8)
+    loaded = load_generator(g.state_dict())
+    assert (loaded.in_channels, loaded.out_channels) == (1, 4)
+
+
+def test_fast_loading_returns_a_fast_generator(tmp_path):
+    g = Generator(2, ngf=8)
+    path = tmp_path / "g.pth"
+    torch.save(g.state_dict(), path)
+    fast = load_generator(path, fast=True)
+    assert type(fast) is FastGenerator and _same_weights(fast, g)
+
+
+def test_public_resnet_generator_checkpoint_loads():
+    public = PublicResnetGenerator(ngf=16, n_blocks=9)
+    assert _same_weights(load_generator(public.state_dict()), public)
+
+
+def test_legacy_instance_norm_buffers_are_stripped(tmp_path):
+    """Pre-0.4 PyTorch saved running_mean/var (and later num_batches_tracked) for every InstanceNorm."""
+    g = Generator(2, ngf=8)
+    state = g.state_dict()
+    legacy = dict(state)
+    for index, channels in [(2, 8), (5, 16), (8, 32), (12, 16), (15, 8)]:
+        legacy[f"model.{index}.running_mean"] = torch.zeros(channels)
+        legacy[f"model.{index}.running_var"] = torch.ones(channels)
+        legacy[f"model.{index}.num_batches_tracked"] = torch.tensor(0)
+    legacy["model.10.conv_block.2.running_mean"] = torch.zeros(32)
+    path = tmp_path / "legacy.pth"
+    torch.save(legacy, path)
+    assert _same_weights(load_generator(path), g)
+
+
+def test_dataparallel_prefix_is_stripped():
+    g = Generator(2, ngf=8)
+    wrapped = {f"module.{k}": v for k, v in g.state_dict().items()}
+    assert _same_weights(load_generator(wrapped), g)
+
+
+def test_wrapped_state_dict_is_unwrapped():
+    g = Generator(1, ngf=8)
+    assert _same_weights(load_generator({"state_dict": g.state_dict()}), g)
+
+
+def _save(tmp_path, state, name="bad.pth"):
+    path = tmp_path / name
+    torch.save(state, path)
+    return path
+
+
+def test_discriminator_checkpoint_is_refused_naming_the_file(tmp_path):
+    path = _save(tmp_path, Discriminator().state_dict(), "latest_net_D.pth")
+    with pytest.raises(ValueError, match=r"latest_net_D\.pth.*not a CycleGAN ResNet generator"):
+        load_generator(path)
+
+
+def test_dropout_variant_is_refused_with_its_keys(tmp_path):
+    path = _save(tmp_path, PublicResnetGenerator(ngf=8, n_blocks=2, use_dropout=True).state_dict())
+    with pytest.raises(ValueError, match=r"bad\.pth.*missing keys \['model\.10\.conv_block\.5\.bias'.*"
+                                         r"unexpected keys \['model\.10\.conv_block\.6\.bias'"):  # fmt: skip
+        load_generator(path)
+
+
+def test_unet_checkpoint_is_refused(tmp_path):
+    unet_like = {"model.model.0.weight": torch.zeros(8, 3, 4, 4), "model.model.1.model.1.weight": torch.zeros(4)}
+    with pytest.raises(ValueError, match="not a CycleGAN ResNet generator"):
+        load_generator(_save(tmp_path, unet_like))
+
+
+def test_wrong_shapes_are_refused(tmp_path):
+    state = Generator(1, ngf=8).state_dict()
+    state["model.4.weight"] = torch.zeros(16, 8, 5, 5)
+    with pytest.raises(ValueError, match=r"wrong shape.*model\.4\.weight"):
+        load_generator(_save(tmp_path, state))
+
+
+def test_truncated_file_is_refused(tmp_path):
+    good = _save(tmp_path, Generator(1, ngf=8).state_dict(), "good.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(ValueError, match=r"truncated\.pth.*truncated or not a PyTorch checkpoint"):
+        load_generator(truncated)
+
+
+def test_missing_file_and_non_tensor_content_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"nope\.pth.*does not exist"):
+        load_generator(tmp_path / "nope.pth")
+    with pytest.raises(ValueError, match="does not hold a state dict of tensors"):
+        load_generator(_save(tmp_path, {"epoch": 3}))
+
+
+class _Exploit:
+    """Pickles as a call to exec: loading it with a plain pickle would write the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "ran.txt"
+    path = tmp_path / "evil.pth"
+    torch.save({"model.1.weight": torch.zeros(1), "payload": _Exploit(marker)}, path)
+    with pytest.raises(ValueError, match=r"evil\.pth.*run code"):
+        load_generator(path)
+    assert not marker.exists()

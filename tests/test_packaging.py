@@ -1,0 +1,45 @@
+"""The installed layout: the kernels ship as fastcyclegan.kernels, never as a top-level `kernels`."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_public_api_imports():
+    import fastcyclegan.kernels  # noqa: F401
+
+    from fastcyclegan import Discriminator, FastGenerator, Generator, ResidualBlock, load_generator  # noqa: F401
+
+
+def test_top_level_kernels_is_not_installed(tmp_path):
+    """Outside the source tree, `import kernels` must not find our folder (a PyPI project owns that name)."""
+    probe = "import importlib.util as u; s = u.find_spec('kernels'); print(s.origin if s else 'absent')"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert str(ROOT) not in out.stdout, f"`import kernels` resolves to this repository: {out.stdout}"
+    fine = subprocess.run([sys.executable, "-c", "import fastcyclegan.kernels"], cwd=tmp_path, env=env)
+    assert fine.returncode == 0
+
+
+def test_wheel_installs_kernels_under_the_package(tmp_path):
+    try:
+        import setuptools  # noqa: F401
+    except ImportError:
+        pytest.skip("setuptools not installed: cannot build the wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+         str(ROOT)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = tmp_path.glob("fastcyclegan-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "fastcyclegan/kernels/instance_norm.py" in names
+    assert "fastcyclegan/kernels/__init__.py" in names
+    assert not any(n.startswith("kernels/") for n in names)
