@@ -61,9 +61,11 @@ def _stats_dtype(x: Tensor) -> torch.dtype:
 
 def _torch_forward(x: Tensor, residual: Optional[Tensor], relu: bool, eps: float):
     xf = x.to(_stats_dtype(x))
+    xf = xf - xf[:, :, :1, :1]  # shifted by each plane's first value, as the kernels do: |mean| >> std is safe
     var, mean = torch.var_mean(xf, dim=(2, 3), correction=0)  # Welford inside var_mean
     rstd = torch.rsqrt(var + eps)
     y = (xf - mean[:, :, None, None]) * rstd[:, :, None, None]
+    mean = mean + x[:, :, 0, 0].to(mean.dtype)
     if relu:
         y = torch.where(y < 0, 0.0, y)  # keeps NaN, like torch.relu
     if residual is not None:
@@ -155,6 +157,8 @@ def instance_norm(x: Tensor, residual: Optional[Tensor] = None, *, relu: bool = 
     if not isinstance(x, Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"instance_norm expects a 4-D (N, C, H, W) tensor, got {shape}")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"instance_norm needs planes of at least 1x1, got H x W = {x.shape[2]}x{x.shape[3]}")
     if x.dtype not in _SUPPORTED_DTYPES:
         raise ValueError(f"instance_norm expects float16, bfloat16, float32 or float64, got {x.dtype}")
     if residual is not None:

@@ -1,0 +1,236 @@
+"""fastcyclegan.ops.instance_norm: parity with a float64 reference, gradients, layouts, errors, compile.
+
+The Triton kernels run through the interpreter here (conftest.py); `torch_fallback` tests the PyTorch path.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fastcyclegan.kernels import instance_norm_backward, instance_norm_forward, plan
+from helpers import assert_close, reference_instance_norm, to_format
+
+from fastcyclegan import ops
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (shape, forced split): batch 1, odd planes, a 1x1 plane, channels off the block size, split planes, N = 0
+SHAPES = [
+    ((1, 3, 7, 5), None),
+    ((2, 5, 33, 31), None),
+    ((2, 5, 33, 31), 3),
+    ((3, 70, 1, 1), None),
+    ((2, 67, 9, 8), 4),
+    ((0, 4, 6, 6), None),
+]
+MODES = [(False, False), (True, False), (False, True), (True, True)]  # (relu, residual)
+
+
+def _mode_id(mode):
+    return {(False, False): "in", (True, False): "in+relu", (False, True): "in+add", (True, True): "in+relu+add"}[mode]
+
+
+def _inputs(shape, dtype, channels_last, residual, scale=3.0, shift=0.5):
+    x = to_format(torch.randn(shape) * scale + shift, channels_last).to(dtype)
+    r = to_format(torch.randn(shape), channels_last).to(dtype) if residual else None
+    return x, r
+
+
+def _run(x, residual, relu, split):
+    """The kernels directly when a split is forced (ops picks its own), else the public op."""
+    if split is None:
+        return ops.instance_norm(x, residual, relu=relu)
+    return instance_norm_forward(x, residual, relu, 1e-5, split=split)[0]
+
+
+def test_reference_equals_torch_instance_norm():
+    x = torch.randn(2, 6, 9, 7, dtype=torch.float64)
+    torch.testing.assert_close(reference_instance_norm(x), F.instance_norm(x, eps=1e-5), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES, ids=_mode_id)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape, split", SHAPES, ids=str)
+def test_forward_matches_float64_reference(shape, split, dtype, channels_last, mode):
+    relu, has_residual = mode
+    x, r = _inputs(shape, dtype, channels_last, has_residual)
+    y = _run(x, r, relu, split)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert_close(y, reference_instance_norm(x, r, relu), dtype, "forward")
+
+
+@pytest.mark.parametrize("mode", MODES, ids=_mode_id)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape, split", SHAPES, ids=str)
+def test_gradients_match_float64_autograd(shape, split, dtype, channels_last, mode):
+    relu, has_residual = mode
+    x, r = _inputs(shape, dtype, channels_last, has_residual)
+    dy = to_format(torch.randn(shape), channels_last).to(dtype)
+    x64 = x.double().requires_grad_()
+    r64 = r.double().requires_grad_() if has_residual else None
+    reference_instance_norm(x64, r64, relu).backward(dy.double())
+    if split is None:
+        xg = x.clone().requires_grad_()
+        rg = r.clone().requires_grad_() if has_residual else None
+        ops.instance_norm(xg, rg, relu=relu).backward(dy)
+        dx, dr = xg.grad, (rg.grad if has_residual else None)
+    else:
+        _, mean, rstd = instance_norm_forward(x, r, relu, 1e-5, split=split)
+        dx, dr = instance_norm_backward(dy, x, mean, rstd, relu, split=split), dy
+    assert dx.dtype == dtype and dx.shape == x.shape
+    # Where xhat is within rounding of 0, fp32 and float64 may disagree on relu's mask: leave those out.
+    settled = reference_instance_norm(x).abs() > 1e-4 if relu else torch.ones(shape, dtype=torch.bool)
+    assert_close(dx[settled], x64.grad[settled], dtype, "dx")
+    if has_residual:
+        assert_close(dr, r64.grad, dtype, "d residual")
+
+
+def test_split_chunks_match_single_chunk():
+    x = torch.randn(2, 9, 40, 24)
+    whole = instance_norm_forward(x, None, True, 1e-5, split=1)
+    for split in (2, 5, 60):
+        parts = instance_norm_forward(x, None, True, 1e-5, split=split)
+        for a, b in zip(whole, parts):
+            torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-6)
+
+
+def test_plan_fills_the_device_and_leaves_no_empty_chunk():
+    device = torch.device("cpu")
+    p = plan(1, 256, 64 * 64, True, device, split=7)
+    assert p.split == math.ceil(64 * 64 / p.chunk) and p.chunk % p.block_p == 0
+    assert (p.split - 1) * p.chunk < 64 * 64 <= p.split * p.chunk
+    assert plan(1, 256, 1, True, device, split=9).split == 1  # a 1x1 plane cannot be split
+
+
+def test_large_mean_keeps_precision(monkeypatch):
+    """|mean| = 1e4, std = 1: E[x^2] - E[x]^2 in fp32 loses every digit here; Welford/two-pass does not."""
+    x = torch.randn(2, 4, 32, 32) + 1e4
+    for split in (1, 4):
+        y = instance_norm_forward(x, None, False, 1e-5, split=split)[0]
+        torch.testing.assert_close(y.double(), reference_instance_norm(x), atol=1e-4, rtol=0)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the PyTorch path too
+    torch.testing.assert_close(ops.instance_norm(x).double(), reference_instance_norm(x), atol=1e-4, rtol=0)
+    naive_var = (x * x).mean((2, 3)) - x.mean((2, 3)) ** 2
+    assert (naive_var - x.double().var((2, 3), unbiased=False)).abs().max() > 0.1  # the test can tell them apart
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_nan_stays_in_its_plane(relu):
+    x = torch.randn(2, 3, 8, 8)
+    x[1, 2, 3, 4] = float("nan")
+    y = ops.instance_norm(x, relu=relu)
+    assert torch.isnan(y[1, 2]).all()
+    finite = torch.ones(2, 3, dtype=torch.bool)
+    finite[1, 2] = False
+    assert torch.isfinite(y[finite]).all()
+
+
+def test_float64_runs_through_pytorch():
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert not ops.use_triton(x)
+    y = ops.instance_norm(x, relu=True)
+    torch.testing.assert_close(y, reference_instance_norm(x, relu=True), atol=1e-12, rtol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: ops.instance_norm(t, relu=False), (x,))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pytorch_fallback_matches_the_kernels(torch_fallback, channels_last):
+    x, r = _inputs((2, 6, 9, 7), torch.bfloat16, channels_last, True)
+    assert not ops.use_triton(x)
+    xg = x.clone().requires_grad_()
+    y = ops.instance_norm(xg, r, relu=True)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert_close(y, reference_instance_norm(x, r, relu=True), torch.bfloat16, "fallback forward")
+    y.backward(torch.ones_like(y))
+    _, mean, rstd = instance_norm_forward(x, r, True, 1e-5)
+    kernel_dx = instance_norm_backward(torch.ones_like(x), x, mean, rstd, True)
+    assert_close(xg.grad, kernel_dx, torch.bfloat16, "fallback dx")
+
+
+def test_other_layouts_and_mixed_residual_layout():
+    base = torch.randn(2, 8, 10, 12)
+    x = base[:, :, :, ::2]  # a strided view: neither NCHW- nor channels-last-contiguous
+    r = to_format(torch.randn(2, 8, 10, 6), True)  # residual in the other layout
+    y = ops.instance_norm(x, r, relu=True)
+    assert_close(y, reference_instance_norm(x, r, relu=True), torch.float32, "strided input")
+
+
+def test_channels_last_is_kept_as_documented():
+    x = torch.randn(2, 8, 5, 7).to(memory_format=torch.channels_last)
+    assert ops.instance_norm(x, relu=True).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    "x, residual, message",
+    [
+        (torch.randn(2, 3, 4), None, r"4-D \(N, C, H, W\) tensor, got \(2, 3, 4\)"),
+        (torch.randn(1, 2, 3, 4, 5), None, "4-D"),
+        (torch.randint(0, 5, (1, 2, 3, 3)), None, "float16, bfloat16, float32 or float64"),
+        (torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 4), r"expected shape \(1, 2, 3, 3\)"),
+        (torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3, dtype=torch.float64), "torch.float32"),
+        ("not a tensor", None, "4-D"),
+        (torch.randn(1, 2, 0, 3), None, "at least 1x1"),
+    ],
+)
+def test_bad_inputs_say_what_was_expected(x, residual, message):
+    with pytest.raises(ValueError, match=message):
+        ops.instance_norm(x, residual)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_opcheck(residual):
+    x = torch.randn(2, 5, 6, 7, requires_grad=True)
+    r = torch.randn(2, 5, 6, 7, requires_grad=True) if residual else None
+    torch.library.opcheck(torch.ops.fastcyclegan.instance_norm.default, (x, r, True, 1e-5))
+    xcl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.fastcyclegan.instance_norm.default, (xcl, None, False, 1e-5))
+
+
+def test_opcheck_backward_op():
+    x = torch.randn(2, 5, 6, 7)
+    _, mean, rstd = instance_norm_forward(x, None, True, 1e-5)
+    torch.library.opcheck(
+        torch.ops.fastcyclegan.instance_norm_backward.default, (torch.randn_like(x), x, mean, rstd, True)
+    )
+
+
+def _block(x, r):
+    return ops.instance_norm(torch.tanh(x), r, relu=False) * 2 + ops.instance_norm(x, relu=True)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_keeps_the_op_and_matches_eager():
+    seen = []
+
+    def record(gm, example_inputs):
+        seen.extend(str(node.target) for node in gm.graph.nodes)
+        return gm.forward
+
+    x = torch.randn(2, 8, 6, 6).to(memory_format=torch.channels_last)
+    r = torch.randn(2, 8, 6, 6).to(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    torch.compile(_block, fullgraph=True, backend=record)(x, r)
+    assert sum("fastcyclegan.instance_norm" in t for t in seen) == 2
+    compiled = torch.compile(_block, fullgraph=True)
+    xg, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    eager, out = _block(xg, r), compiled(xc, r)
+    torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-5)
+    eager.sum().backward()
+    out.sum().backward()
+    torch.testing.assert_close(xc.grad, xg.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="requires CUDA")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 256, 64, 64), (8, 64, 128, 128), (3, 70, 33, 31)], ids=str)
+def test_cuda_kernels_match_reference(shape, dtype):
+    for channels_last in (False, True):
+        x, r = _inputs(shape, dtype, channels_last, True)
+        x, r = x.cuda().requires_grad_(), r.cuda()
+        y = ops.instance_norm(x, r, relu=True)
+        assert_close(y.cpu(), reference_instance_norm(x.detach().cpu(), r.cpu(), relu=True), dtype, "cuda forward")
+        y.backward(torch.ones_like(y))
+        assert torch.isfinite(x.grad).all()
