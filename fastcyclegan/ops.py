@@ -59,18 +59,39 @@ def _stats_dtype(x: Tensor) -> torch.dtype:
 # PyTorch implementation (CPU without the interpreter, float64 anywhere): same maths, same layouts
 
 
+def _torch_normalize(xf: Tensor, y: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Writes IN(xf) into y; returns the (N, C) mean and rstd in xf's dtype.
+
+    ATen's batch norm (two-pass statistics in the accumulation dtype) normalizes over every axis but 1:
+    NCHW x is one (1, N*C, H, W) call, a channels-last image one (H*W, C) call, both without copies.
+    """
+    n, c, h, w = xf.shape
+    if h * w == 1 or n == 0:  # batch norm refuses 1-value planes; their normalized value is 0 (NaN stays NaN)
+        mean = xf.reshape(n, c).clone()
+        y.copy_(xf - xf)
+        return mean, torch.full_like(mean, eps**-0.5)
+    if xf.is_contiguous():
+        planes = [(xf.view(1, n * c, h, w), y.view(1, n * c, h, w))]
+    else:
+        planes = [(xf[i].permute(1, 2, 0).reshape(h * w, c), y[i].permute(1, 2, 0)) for i in range(n)]
+    means, rstds = [], []
+    for src, dst in planes:
+        out, mean, rstd = torch.native_batch_norm(src, None, None, None, None, True, 0.0, eps)
+        dst.copy_(out.view(dst.shape))
+        means.append(mean)
+        rstds.append(rstd)
+    return torch.cat(means).view(n, c), torch.cat(rstds).view(n, c)
+
+
 def _torch_forward(x: Tensor, residual: Optional[Tensor], relu: bool, eps: float):
-    xf = x.to(_stats_dtype(x))
-    xf = xf - xf[:, :, :1, :1]  # shifted by each plane's first value, as the kernels do: |mean| >> std is safe
-    var, mean = torch.var_mean(xf, dim=(2, 3), correction=0)  # Welford inside var_mean
-    rstd = torch.rsqrt(var + eps)
-    y = (xf - mean[:, :, None, None]) * rstd[:, :, None, None]
-    mean = mean + x[:, :, 0, 0].to(mean.dtype)
+    y = torch.empty_like(x)
+    # low precision is upcast first, so the saved statistics are fp32 as the kernels' are
+    mean, rstd = _torch_normalize(x.to(_stats_dtype(x)), y, eps)
     if relu:
-        y = torch.where(y < 0, 0.0, y)  # keeps NaN, like torch.relu
+        torch.relu_(y)  # keeps NaN
     if residual is not None:
-        y = y + residual
-    return torch.empty_like(x).copy_(y), mean, rstd
+        y.add_(residual)
+    return y, mean, rstd
 
 
 def _torch_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, relu: bool) -> Tensor:
