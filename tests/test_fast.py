@@ -1,0 +1,197 @@
+"""FastGenerator: a drop-in for Generator (keys, outputs, gradients), compile-ready, with clear errors.
+
+Fused norms run through the Triton interpreter here, except where `torch_fallback` selects the PyTorch path.
+"""
+
+import pytest
+import torch
+from helpers import LOW_PRECISION, PublicResnetGenerator, rms, to_format
+
+from fastcyclegan import FastGenerator, Generator, load_generator
+from fastcyclegan.fast import min_input_size
+
+
+def _pair(num_blocks, ngf=16, dtype=torch.float32):
+    ref = Generator(num_blocks, ngf=ngf)
+    return ref, FastGenerator.from_module(ref).to(dtype), ref
+
+
+def _errors_against_float64(ref, fast, x, dtype):
+    """(error of fast, error of ref), each run in `dtype`, as RMS and max against the float64 reference."""
+    with torch.no_grad():
+        expected = ref.double()(x.double())
+        ref.to(dtype)
+        got_ref = ref(x.to(dtype))
+        got_fast = fast.to(dtype)(x.to(dtype))
+    assert got_fast.dtype == got_ref.dtype == dtype and got_fast.shape == got_ref.shape
+    return got_fast, got_ref, expected
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("num_blocks, size, batch", [(9, 64, 1), (6, (70, 50), 3)], ids=str)
+def test_fp32_matches_the_float64_reference(num_blocks, size, batch, channels_last):
+    h, w = size if isinstance(size, tuple) else (size, size)
+    ref = Generator(num_blocks, ngf=16)
+    fast = FastGenerator.from_module(ref)
+    x = to_format(torch.randn(batch, 3, h, w), channels_last)
+    got_fast, got_ref, expected = _errors_against_float64(ref, fast, x, torch.float32)
+    assert got_fast.shape == (batch, 3, 4 * -(-h // 4), 4 * -(-w // 4))
+    assert got_fast.is_contiguous() and got_ref.is_contiguous()  # the reference's NCHW output, either input layout
+    err_fast = (got_fast.double() - expected).abs().max().item()
+    err_ref = (got_ref.double() - expected).abs().max().item()
+    assert err_fast <= max(4 * err_ref, 1e-5), (err_fast, err_ref)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_low_precision_is_no_further_from_float64_than_the_reference(dtype):
+    ref = Generator(2, ngf=16)
+    fast = FastGenerator.from_module(ref)
+    x = torch.randn(2, 3, 36, 28)
+    got_fast, got_ref, expected = _errors_against_float64(ref, fast, x, dtype)
+    assert rms(got_fast, expected) <= rms(got_ref, expected), (rms(got_fast, expected), rms(got_ref, expected))
+
+
+def test_fallback_path_matches_too(torch_fallback):
+    ref = Generator(3, ngf=8)
+    fast = FastGenerator.from_module(ref)
+    x = torch.randn(2, 3, 32, 32)
+    got_fast, got_ref, expected = _errors_against_float64(ref, fast, x, torch.float32)
+    assert (got_fast.double() - expected).abs().max() <= max(4 * (got_ref.double() - expected).abs().max(), 1e-5)
+
+
+def test_autocast_runs_and_stays_close():
+    ref = Generator(2, ngf=8)
+    fast = FastGenerator.from_module(ref)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out_fast, out_ref = fast(x), ref(x)
+    assert out_fast.dtype == out_ref.dtype
+    expected = ref.double()(x.double())
+    assert rms(out_fast, expected) <= 1.5 * rms(out_ref, expected)
+
+
+def test_parameter_gradients_match_the_reference():
+    ref = Generator(2, ngf=8)
+    fast = FastGenerator.from_module(ref)
+    x = torch.randn(2, 3, 24, 20)
+    target = torch.randn(2, 3, 24, 20)
+    for model in (ref, fast):
+        ((model(x) - target) ** 2).mean().backward()
+    fast_grads = dict(fast.named_parameters())
+    # conv biases before an IN get ~0 gradient (the norm removes them): scale atol by the largest gradient
+    scale = max(p.grad.abs().max().item() for p in ref.parameters())
+    for name, p in ref.named_parameters():
+        torch.testing.assert_close(fast_grads[name].grad, p.grad, atol=1e-5 * scale, rtol=1e-4, msg=name)
+
+
+def test_input_gradient_flows_in_channels_last():
+    fast = FastGenerator(1, ngf=8)
+    x = torch.randn(1, 3, 16, 16).to(memory_format=torch.channels_last).requires_grad_()
+    fast(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_same_constructor_and_keys_and_state_dict_round_trip():
+    ref = Generator(9)
+    fast = FastGenerator(9)
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    fast.load_state_dict(ref.state_dict())
+    back = Generator(9)
+    back.load_state_dict(fast.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), ref.state_dict().values()))
+
+
+def test_from_public_resnet_generator_built_independently():
+    public = PublicResnetGenerator(ngf=8, n_blocks=4).eval()
+    fast = FastGenerator.from_module(public)
+    assert fast.num_blocks == 4 and fast.ngf == 8
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), public(x), atol=2e-5, rtol=1e-4)
+
+
+def test_from_module_copies_dtype():
+    ref = Generator(1, ngf=8).to(torch.bfloat16)
+    fast = FastGenerator.from_module(ref)
+    assert next(fast.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "module, reason",
+    [
+        (PublicResnetGenerator(ngf=8, n_blocks=2, use_dropout=True), "dropout"),
+        (PublicResnetGenerator(ngf=8, n_blocks=2, norm="batch"), "batch norm"),
+        (PublicResnetGenerator(ngf=8, n_blocks=2, padding_type="replicate"), "replication"),
+        (torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3)), "not a CycleGAN ResNet generator"),
+        ("latest_net_G.pth", "expects an nn.Module"),
+    ],
+)
+def test_from_module_refuses_other_architectures(module, reason):
+    with pytest.raises(ValueError, match=reason):
+        FastGenerator.from_module(module)
+
+
+def test_load_generator_fast(tmp_path):
+    ref = Generator(2, ngf=8)
+    torch.save(ref.state_dict(), tmp_path / "latest_net_G.pth")
+    fast = load_generator(tmp_path / "latest_net_G.pth", fast=True)
+    x = torch.randn(1, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), ref(x), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (torch.randn(3, 32, 32), r"\(N, 3, H, W\), got \(3, 32, 32\)"),
+        (torch.randn(1, 4, 32, 32), r"\(N, 3, H, W\), got \(1, 4, 32, 32\)"),
+        (torch.randn(1, 3, 4, 32), r"at least 5 .* got 4x32"),
+    ],
+)
+def test_bad_inputs_name_the_expected_shape(x, message):
+    with pytest.raises(ValueError, match=message):
+        FastGenerator(1, ngf=8)(x)
+
+
+def test_minimum_size_is_the_reference_minimum():
+    ref = Generator(1, ngf=4)
+    smallest = min_input_size(1)
+    with torch.no_grad():
+        ref(torch.randn(1, 3, smallest, smallest))  # accepted
+        with pytest.raises(RuntimeError):
+            ref(torch.randn(1, 3, smallest - 1, smallest))
+    assert min_input_size(0) == 4
+
+
+def test_empty_batch_gives_an_empty_output():
+    fast = FastGenerator(1, ngf=8)
+    with torch.no_grad():
+        assert fast(torch.randn(0, 3, 24, 24)).shape == (0, 3, 24, 24)
+
+
+@pytest.mark.slow
+def test_compiled_fullgraph_equals_eager():
+    fast = FastGenerator(1, ngf=8)
+    x = torch.randn(2, 3, 20, 20)
+    with torch.no_grad():
+        eager = fast(x)
+    torch._dynamo.reset()
+    compiled = FastGenerator.from_module(fast).compile()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="requires CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_parity_and_reduce_overhead(dtype):
+    torch.backends.cudnn.allow_tf32 = False
+    ref = Generator(9).cuda()
+    fast = FastGenerator.from_module(ref)
+    x = torch.randn(2, 3, 128, 128, device="cuda")
+    got_fast, got_ref, expected = _errors_against_float64(ref, fast, x, dtype)
+    assert rms(got_fast, expected) <= 1.05 * rms(got_ref, expected) + 1e-6
+    graphed = FastGenerator.from_module(ref.float()).to(dtype).compile(mode="reduce-overhead")
+    with torch.no_grad():
+        for _ in range(3):
+            out = graphed(x.to(dtype)).clone()
+    assert rms(out, expected) <= 1.05 * rms(got_ref, expected) + 1e-6
