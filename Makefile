@@ -20,10 +20,11 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests bench --benchmark-disable --fcg-smoke -q
 
 bench: $(STAMP)
-	@echo 'make bench: the benchmark suite is not built yet' && exit 1
+	$(PY) -m pytest bench --benchmark-autosave -q
+	$(PY) -m fastcyclegan report --csv bench/latest.csv --markdown bench/latest.md --print
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

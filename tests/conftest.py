@@ -1,16 +1,17 @@
-"""CPU test configuration: the Triton kernels run through Triton's interpreter.
+"""Test configuration: without a GPU, the Triton kernels run through Triton's interpreter.
 
 TRITON_INTERPRET must be set before Triton decorates the kernels (at the first import of fastcyclegan.kernels),
 so it is set here, before any test module imports the package. Tests of the PyTorch fallback switch it off per
-test (fastcyclegan.ops reads it at call time).
+test (fastcyclegan.ops reads it at call time). On a CUDA machine the kernels are compiled for the GPU instead.
 """
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -185,7 +185,7 @@ def test_compiled_fullgraph_equals_eager():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_cuda_parity_and_reduce_overhead(dtype):
     torch.backends.cudnn.allow_tf32 = False
-    ref = Generator(9).cuda()
+    ref = Generator(3).cuda()  # 3 blocks: the same code paths as 9, a third of the compile time
     fast = FastGenerator.from_module(ref)
     x = torch.randn(2, 3, 128, 128, device="cuda")
     got_fast, got_ref, expected = _errors_against_float64(ref, fast, x, dtype)

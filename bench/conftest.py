@@ -1,0 +1,63 @@
+"""Options and shared fixtures of the benchmark suites (`pytest bench --benchmark-autosave`).
+
+Defaults depend on the device: on CUDA the full matrix that the project reports (256x256, batches 1 and 16,
+bf16 and fp32, every available backend); on a CPU a small matrix that finishes in minutes on 2 cores.
+`--fcg-smoke` shrinks everything so CI can run the files with `--benchmark-disable` and keep them working.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fcg_matrix import bench_device, matrix
+
+from fastcyclegan.backends import DEFAULT_BACKENDS
+from fastcyclegan.measure import ceilings, device_facts
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("fastcyclegan", "fastcyclegan benchmark matrix")
+    group.addoption("--fcg-device", default=None, help="cuda or cpu (default: cuda when available)")
+    group.addoption("--fcg-backends", default=None, help=f"comma list out of {', '.join(DEFAULT_BACKENDS)}, "
+                    "compiled_max_autotune (default: all available but compiled_max_autotune)")  # fmt: skip
+    group.addoption("--fcg-sizes", default=None, help="comma list of square image sizes (CUDA: 256; CPU: 128)")
+    group.addoption("--fcg-batches", default=None, help="comma list of batch sizes (CUDA: 1,16; CPU: 1)")
+    group.addoption(
+        "--fcg-dtypes", default=None, help="comma list out of fp32, fp16, bf16 (CUDA: bf16,fp32; CPU: fp32)"
+    )
+    group.addoption(
+        "--fcg-kernel-shapes",
+        default=None,
+        help="kernel bench shapes 'N,C,H,W;N,C,H,W' (CUDA: N in 1,8,32 x (256,64,64), (64,256,256))",
+    )
+    group.addoption("--fcg-rounds", type=int, default=None, help="timed rounds per case (CUDA: 30; CPU: 5)")
+    group.addoption("--fcg-ngf", type=int, default=64, help="generator width (64 in the paper)")
+    group.addoption("--fcg-smoke", action="store_true", help="tiny matrix (32x32, ngf 8, batch 1, fp32) for CI")
+
+
+@pytest.fixture(scope="session")
+def fcg(request):
+    return matrix(request.config)
+
+
+@pytest.fixture(scope="session")
+def device_info(fcg):
+    """Device facts and ceilings, measured once per session and stored in every result's extra_info."""
+    device = fcg["device"]
+    facts = dict(device_facts(device))
+    facts.update(ceilings(device))
+    return facts
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _honest_fp32():
+    """fp32 means fp32: TF32 off for the whole run (the parity rule's fp32 reference needs it too)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    device = bench_device(config)
+    machine_info["fastcyclegan_device"] = device_facts(device)

@@ -1,0 +1,107 @@
+"""Generator throughput of every backend: parity against float64 first, then img/s and latency.
+
+Each case builds its backend from one reference Generator (seeded weights), compiles it on its first call
+(timed apart as compile seconds), checks its output against the reference run in float64 under the parity
+rule of fastcyclegan.measure, and only then times it: median of `rounds` synchronized calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import pytest
+import torch
+from fcg_matrix import blocks_for, matrix
+
+from fastcyclegan import Generator
+from fastcyclegan.backends import DTYPES, build_backend, unavailable_reason
+from fastcyclegan.measure import generator_gflop, parity, synchronize
+
+SUITE = "fastcyclegan.generator"
+WARMUP_CALLS = 3
+
+
+def pytest_generate_tests(metafunc):
+    if "case" not in metafunc.fixturenames:
+        return
+    m = matrix(metafunc.config)
+    cases = [
+        pytest.param((backend, size, batch, dtype), id=f"{backend}-{size}px-b{batch}-{dtype}")
+        for dtype in m["dtypes"]
+        for size in m["sizes"]
+        for batch in m["batches"]
+        for backend in m["backends"]
+    ]
+    metafunc.parametrize("case", cases)
+
+
+@functools.lru_cache(maxsize=4)
+def _reference(size: int, ngf: int) -> Generator:
+    torch.manual_seed(0)
+    return Generator(blocks_for(size), ngf=ngf).eval()
+
+
+@functools.lru_cache(maxsize=2)
+def _expected(size: int, batch: int, dtype_name: str, ngf: int, device: torch.device):
+    """(input, float64 output, output of the eager reference in `dtype`) for one case, computed once."""
+    torch.manual_seed(1)
+    x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+    reference = _reference(size, ngf)
+    with torch.no_grad():
+        expected = reference.to(device=device, dtype=torch.float64)(x.double())
+        same_dtype = reference.to(dtype=DTYPES[dtype_name])(x.to(DTYPES[dtype_name]))
+    reference.to(device="cpu", dtype=torch.float32)
+    return x, expected, same_dtype
+
+
+def test_generator(benchmark, case, fcg, device_info):
+    backend_name, size, batch, dtype_name = case
+    device, dtype, ngf = fcg["device"], DTYPES[dtype_name], fcg["ngf"]
+    reason = unavailable_reason(backend_name, device)
+    if reason:
+        pytest.skip(reason)
+    x, expected, same_dtype = _expected(size, batch, dtype_name, ngf, device)
+    torch._dynamo.reset()
+    backend = build_backend(backend_name, _reference(size, ngf), device=device, dtype=dtype, example=x)
+    inp = backend.prepare(x.to(dtype))
+
+    def forward():
+        with torch.inference_mode():
+            out = backend.run(inp)
+        synchronize(device)
+        return out
+
+    start = time.perf_counter()
+    out = forward().clone()  # compiled backends compile here; CUDA graphs reuse their output buffer
+    compile_s = time.perf_counter() - start if backend.compile_mode else 0.0
+    err, ref_err, ok = parity(out, same_dtype, expected)
+    if not ok:
+        pytest.fail(f"{backend_name} failed parity: RMS error {err:.3g} against float64, the eager reference in "
+                    f"{dtype_name} has {ref_err:.3g}; not timed")  # fmt: skip
+    for _ in range(WARMUP_CALLS):
+        forward()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    benchmark.pedantic(forward, rounds=fcg["rounds"], iterations=1, warmup_rounds=0)
+    gflop = generator_gflop(size, blocks_for(size), ngf)
+    info = {
+        "suite": SUITE,
+        "backend": backend_name,
+        "size": size,
+        "num_blocks": blocks_for(size),
+        "ngf": ngf,
+        "batch": batch,
+        "dtype": dtype_name,
+        "compile_mode": backend.compile_mode,
+        "compile_s": round(compile_s, 3),
+        "parity_err": err,
+        "parity_ref_err": ref_err,
+        "gflop_per_image": gflop,
+        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        **device_info,
+    }
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        median = benchmark.stats.stats.median
+        info.update(ms_per_batch=median * 1e3, img_per_s=batch / median, tflop_s=gflop * batch / median / 1e3)
+    benchmark.extra_info.update(info)

@@ -1,0 +1,200 @@
+"""Benchmark JSON (pytest-benchmark) -> pandas -> CSV, markdown and a bar chart.
+
+Reads the files that `pytest bench --benchmark-autosave` writes (STORAGE/<machine>/<NNNN>_*.json; the newest
+per machine by default) or files named explicitly (`--benchmark-json` output). Only results of this project's
+suites are read; a file that cannot be read, or holds no such results, is named in a problem line and the
+other files are still reported.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+GENERATOR_SUITE = "fastcyclegan.generator"
+KERNEL_SUITE = "fastcyclegan.kernel"
+KEY = ["device", "size", "batch", "dtype"]
+CSV_COLUMNS = KEY[:1] + ["backend"] + KEY[1:] + [
+    "img_per_s", "ms_per_batch", "compile_s", "parity_err", "speedup_vs_eager",
+    "num_blocks", "ngf", "compile_mode", "parity_ref_err", "peak_mem_mb", "tflop_s", "compute_fraction",
+    "copy_gb_s", "matmul_bf16_tflop_s", "matmul_fp32_tflop_s",
+    "torch", "triton", "cuda", "driver", "datetime", "source",
+]  # fmt: skip
+KERNEL_COLUMNS = ["device", "variant", "shape", "dtype", "gb_s", "copy_fraction", "us", "parity_err", "copy_gb_s",
+                  "torch", "triton", "datetime", "source"]  # fmt: skip
+
+
+class ReportError(Exception):
+    """Nothing could be reported; the message says which folder or files and why."""
+
+
+def find_result_files(storage: Path) -> list[Path]:
+    """The newest autosaved JSON of every machine folder under `storage` (and JSON files directly in it)."""
+    storage = Path(storage)
+    if not storage.is_dir():
+        raise ReportError(
+            f"benchmark storage '{storage}' does not exist: run `pytest bench --benchmark-autosave` first"
+        )
+    files = sorted(storage.glob("*.json"))
+    for folder in sorted(p for p in storage.iterdir() if p.is_dir()):
+        runs = sorted(folder.glob("*.json"))
+        if runs:
+            files.append(runs[-1])  # autosave names start with a run counter: the last is the newest
+    if not files:
+        raise ReportError(f"no benchmark JSON files under '{storage}': run `pytest bench --benchmark-autosave` first")
+    return files
+
+
+def read_results(paths) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(generator rows, kernel rows, problems), one row per timed benchmark of our suites."""
+    rows: dict[str, list[dict]] = {GENERATOR_SUITE: [], KERNEL_SUITE: []}
+    problems = []
+    for path in map(Path, paths):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            problems.append(f"{path}: cannot be read as JSON ({err})")
+            continue
+        if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+            problems.append(f"{path}: not a pytest-benchmark results file (no 'benchmarks' list)")
+            continue
+        found = 0
+        for bench in data["benchmarks"]:
+            info = bench.get("extra_info") if isinstance(bench, dict) else None
+            if not isinstance(info, dict) or info.get("suite") not in rows:
+                continue
+            found += 1
+            if "us" in info or "img_per_s" in info:  # absent when the run was --benchmark-disable
+                rows[info["suite"]].append({**info, "datetime": data.get("datetime"), "source": str(path)})
+        if not found:
+            problems.append(f"{path}: holds no fastcyclegan benchmark results (a file from another suite?)")
+    return pd.DataFrame(rows[GENERATOR_SUITE]), pd.DataFrame(rows[KERNEL_SUITE]), problems
+
+
+def generator_table(raw: pd.DataFrame) -> pd.DataFrame:
+    """Long-form rows with speedup against `eager` at the same device, size, batch and dtype."""
+    if raw.empty:
+        return pd.DataFrame(columns=CSV_COLUMNS)
+    df = raw.drop_duplicates(subset=KEY + ["backend"], keep="last").copy()
+    eager = df[df.backend == "eager"].set_index(KEY)["img_per_s"].rename("eager_img_per_s")
+    df = df.join(eager, on=KEY)
+    df["speedup_vs_eager"] = df["img_per_s"] / df["eager_img_per_s"]
+    ceiling = df["dtype"].map({"fp32": "matmul_fp32_tflop_s"}).fillna("matmul_bf16_tflop_s")
+    peak = [row.get(col) for (_, row), col in zip(df.iterrows(), ceiling)]
+    df["compute_fraction"] = df["tflop_s"] / pd.to_numeric(pd.Series(peak, index=df.index), errors="coerce")
+    for column in CSV_COLUMNS:
+        if column not in df:
+            df[column] = None
+    return df[CSV_COLUMNS].sort_values(KEY + ["backend"]).reset_index(drop=True)
+
+
+def kernel_table(raw: pd.DataFrame) -> pd.DataFrame:
+    if raw.empty:
+        return pd.DataFrame(columns=KERNEL_COLUMNS)
+    df = raw.drop_duplicates(subset=["device", "variant", "shape", "dtype"], keep="last").copy()
+    for column in KERNEL_COLUMNS:
+        if column not in df:
+            df[column] = None
+    return df[KERNEL_COLUMNS].sort_values(["device", "dtype", "shape", "variant"]).reset_index(drop=True)
+
+
+def _markdown_grid(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _provenance(df: pd.DataFrame) -> list[str]:
+    seen = df.drop_duplicates(subset=["device", "torch", "triton", "source"])
+    return [
+        f"- {r.device}: torch {r.torch}, triton {r.triton}, run {str(r.datetime)[:19]}, file `{r.source}`"
+        for r in seen.itertuples()
+    ]
+
+
+def to_markdown(gen: pd.DataFrame, kernel: pd.DataFrame | None = None) -> str:
+    """One row per (device, size, batch, dtype), one column per backend: img/s and speedup against eager."""
+    parts = []
+    if not gen.empty:
+        backends = [b for b in _backend_order(gen.backend.unique())]
+        rows = []
+        for key, group in gen.groupby(KEY, sort=True):
+            by_backend = group.set_index("backend")
+            cells = []
+            for b in backends:
+                if b not in by_backend.index:
+                    cells.append("—")
+                    continue
+                r = by_backend.loc[b]
+                speed = f" ({r.speedup_vs_eager:.2f}x)" if pd.notna(r.speedup_vs_eager) else ""
+                cells.append(f"{r.img_per_s:,.1f}{speed}")
+            device, size, batch, dtype = key
+            rows.append([str(device), f"{size}x{size}", str(batch), str(dtype)] + cells)
+        parts.append("Images per second (speedup against eager at the same device, size, batch and dtype):\n")
+        parts.append(_markdown_grid(["device", "size", "batch", "dtype"] + backends, rows))
+        parts.append("\n" + "\n".join(_provenance(gen)))
+    if kernel is not None and not kernel.empty:
+        variants = sorted(kernel.variant.unique(), key=lambda v: (v != "fused", v))
+        rows = []
+        for (device, shape, dtype), group in kernel.groupby(["device", "shape", "dtype"], sort=True):
+            by = group.set_index("variant")
+            cells = [
+                f"{_gb(by.loc[v].gb_s)} ({100 * by.loc[v].copy_fraction:.0f}%)" if v in by.index else "—"
+                for v in variants
+            ]
+            rows.append([str(device), shape, dtype] + cells)
+        parts.append("\nIN+ReLU GB/s (one read + one write; % of the device-to-device copy measured in the run):\n")
+        parts.append(_markdown_grid(["device", "shape", "dtype"] + variants, rows))
+        parts.append("\n" + "\n".join(_provenance(kernel)))
+    return "\n".join(parts) + "\n" if parts else "No timed results (was the run --benchmark-disable?).\n"
+
+
+def _gb(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def _backend_order(names) -> list[str]:
+    from .backends import BACKENDS
+
+    return sorted(names, key=lambda b: BACKENDS.index(b) if b in BACKENDS else len(BACKENDS))
+
+
+def plot(gen: pd.DataFrame, path: Path) -> None:
+    """A bar chart of img/s per backend, one group per (device, size, batch, dtype)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pivot = gen.pivot_table(index=KEY, columns="backend", values="img_per_s")
+    pivot = pivot[_backend_order(pivot.columns)]
+    pivot.index = [f"{d}\n{s}px b{b} {t}" for d, s, b, t in pivot.index]
+    ax = pivot.plot.bar(figsize=(max(6, 1.8 * len(pivot)), 4.5), rot=0, logy=True)
+    ax.set_ylabel("images / s (log)")
+    ax.set_title("fastcyclegan generator throughput")
+    plt.tight_layout()
+    plt.savefig(path, dpi=120)
+    plt.close()
+
+
+def report(paths, csv_path=None, markdown_path=None, plot_path=None) -> tuple[str, list[str]]:
+    """Write what was asked for; return (markdown, problems). Raises ReportError if nothing could be read."""
+    gen_raw, kernel_raw, problems = read_results(paths)
+    if gen_raw.empty and kernel_raw.empty and problems:
+        raise ReportError("no fastcyclegan results could be read:\n  " + "\n  ".join(problems))
+    gen, kernel = generator_table(gen_raw), kernel_table(kernel_raw)
+    text = to_markdown(gen, kernel)
+    if csv_path:
+        gen.to_csv(csv_path, index=False)
+        if not kernel.empty:
+            kernel.to_csv(Path(csv_path).with_suffix(".kernels.csv"), index=False)
+    if markdown_path:
+        Path(markdown_path).write_text(text)
+    if plot_path:
+        if gen.empty:
+            problems.append(f"{plot_path}: not written, no timed generator results")
+        else:
+            plot(gen, Path(plot_path))
+    return text, problems
