@@ -1,0 +1,51 @@
+"""fastcyclegan.backends: every CPU backend builds, runs, and passes the parity rule; the rest say why not."""
+
+import pytest
+import torch
+
+from fastcyclegan import FastGenerator, Generator
+from fastcyclegan.backends import BACKENDS, DEFAULT_BACKENDS, available_backends, build_backend, unavailable_reason
+from fastcyclegan.measure import generator_gflop, parity
+
+CPU = torch.device("cpu")
+
+
+def test_cpu_backends_and_the_reasons_for_the_others():
+    assert available_backends(CPU) == ["eager", "eager_cl", "compiled", "fast", "fast_compiled"]
+    assert unavailable_reason("tensorrt", CPU) == "tensorrt requires CUDA"
+    assert unavailable_reason("compiled_max_autotune", CPU) == "compiled_max_autotune requires CUDA"
+    assert "compiled_max_autotune" in BACKENDS and "compiled_max_autotune" not in DEFAULT_BACKENDS
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        unavailable_reason("nope", CPU)
+    with pytest.raises(RuntimeError, match="tensorrt is unavailable"):
+        build_backend("tensorrt", Generator(1, ngf=4), device=CPU, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("name", ["eager", "eager_cl", "fast", pytest.param("compiled", marks=pytest.mark.slow)])
+def test_backend_output_passes_parity(name):
+    reference = Generator(1, ngf=8).eval()
+    x = torch.rand(2, 3, 20, 20) * 2 - 1
+    with torch.no_grad():
+        expected = reference.double()(x.double())
+        same = reference.float()(x)
+    torch._dynamo.reset()
+    backend = build_backend(name, reference, device=CPU, dtype=torch.float32)
+    assert backend.module is not reference  # weights are copied, never shared
+    with torch.no_grad():
+        out = backend.run(backend.prepare(x))
+    assert parity(out, same, expected)[2]
+    assert isinstance(backend.module, FastGenerator) == name.startswith("fast")
+    assert backend.prepare(x).is_contiguous(memory_format=torch.channels_last) == backend.channels_last_input
+
+
+def test_parity_rule_catches_a_wrong_output():
+    expected = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    same = expected.float()
+    assert parity(same, same, expected)[2]
+    assert not parity(same + 1e-2, same, expected)[2]
+    assert not parity(same[:, :2], same, expected)[2]  # wrong shape
+
+
+def test_flop_count_matches_the_design_figures():
+    assert generator_gflop(256, 9) == pytest.approx(99.1, abs=0.05)
+    assert generator_gflop(128, 6) == pytest.approx(17.5, abs=0.05)
