@@ -54,7 +54,7 @@ def matrix(config) -> dict:
     return {
         "device": device,
         "backends": _csv(backends) if backends else list(DEFAULT_BACKENDS),
-        "sizes": [int(s) for s in _csv(pick("--fcg-sizes", "256", "128", "32"))],
+        "sizes": [int(s) for s in _csv(pick("--fcg-sizes", "256", "128,256", "32"))],
         "batches": [int(b) for b in _csv(pick("--fcg-batches", "1,16", "1", "1"))],
         "dtypes": dtypes,
         "rounds": pick("--fcg-rounds", 30, 5, 1),

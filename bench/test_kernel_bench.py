@@ -68,7 +68,8 @@ def test_instance_norm_relu(benchmark, kernel_case, fcg, device_info):
         pytest.fail(f"{name} failed parity: RMS error {err:.3g}, eager {dtype_name} has {ref_err:.3g}; not timed")
     benchmark.pedantic(run, rounds=max(fcg["rounds"], 1), iterations=1, warmup_rounds=2)
     moved = 2 * x.numel() * x.element_size()
-    info = {"suite": SUITE, "variant": name, "shape": "x".join(map(str, shape)), "dtype": dtype_name,
+    impl = ("triton" if ops.use_triton(x) else "pytorch fallback") if name == "fused" else "aten"
+    info = {"suite": SUITE, "variant": name, "impl": impl, "shape": "x".join(map(str, shape)), "dtype": dtype_name,
             "bytes": moved, "parity_err": err, "parity_ref_err": ref_err, **device_info}  # fmt: skip
     if benchmark.stats is not None:
         median = benchmark.stats.stats.median

@@ -1,4 +1,4 @@
-"""Command line: `fastcyclegan report ...` (also `python -m fastcyclegan report ...`)."""
+"""Command line: `fastcyclegan report ...` and `fastcyclegan translate ...` (also `python -m fastcyclegan`)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,27 @@ def _report(args) -> int:
     return 0
 
 
+def _translate(args) -> int:
+    from .translate import translate
+
+    try:
+        summary = translate(
+            args.checkpoint, args.input_dir, args.output_dir, size=args.size, batch_size=args.batch_size,
+            dtype=args.dtype, device=args.device, backend=args.backend, overwrite=args.overwrite,
+            workers=args.workers, progress=not args.quiet,
+        )  # fmt: skip
+    except FileNotFoundError as err:
+        print(f"fastcyclegan translate: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, RuntimeError) as err:
+        print(f"fastcyclegan translate: {err}", file=sys.stderr)
+        return 2
+    for path, why in summary.skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    print(summary.line())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastcyclegan", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--plot", type=Path, help="bar chart PNG (needs matplotlib: the `plot` extra)")
     rep.add_argument("--print", action="store_true", help="also print the markdown table")
     rep.set_defaults(func=_report)
+
+    from .backends import BACKENDS
+
+    tr = sub.add_parser("translate", help="run a generator checkpoint over a folder of images")
+    tr.add_argument("checkpoint", type=Path, help="a public-layout generator checkpoint (latest_net_G.pth)")
+    tr.add_argument("input_dir", type=Path, help="folder of PNG/JPEG images (searched recursively)")
+    tr.add_argument("output_dir", type=Path, help="PNGs are written here under the inputs' relative names")
+    tr.add_argument("--size", type=int, default=256, help="images are resized to size x size (default 256)")
+    tr.add_argument("--batch-size", type=int, default=16, help="images per forward (default 16)")
+    tr.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                    help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)")  # fmt: skip
+    tr.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (auto: cuda when available)")
+    tr.add_argument("--backend", default="fast", choices=[b for b in BACKENDS if b != "tensorrt"],
+                    help="generator backend (default fast)")  # fmt: skip
+    tr.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: skip them)")
+    tr.add_argument("--workers", type=int, default=None, help="image decoding processes (default min(4, CPUs))")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_translate)
     return parser
 
 

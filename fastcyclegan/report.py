@@ -22,8 +22,8 @@ CSV_COLUMNS = KEY[:1] + ["backend"] + KEY[1:] + [
     "copy_gb_s", "matmul_bf16_tflop_s", "matmul_fp32_tflop_s",
     "torch", "triton", "cuda", "driver", "datetime", "source",
 ]  # fmt: skip
-KERNEL_COLUMNS = ["device", "variant", "shape", "dtype", "gb_s", "copy_fraction", "us", "parity_err", "copy_gb_s",
-                  "torch", "triton", "datetime", "source"]  # fmt: skip
+KERNEL_COLUMNS = ["device", "variant", "impl", "shape", "dtype", "gb_s", "copy_fraction", "us", "parity_err",
+                  "copy_gb_s", "torch", "triton", "datetime", "source"]  # fmt: skip
 
 
 class ReportError(Exception):
@@ -145,7 +145,17 @@ def to_markdown(gen: pd.DataFrame, kernel: pd.DataFrame | None = None) -> str:
                 for v in variants
             ]
             rows.append([str(device), shape, dtype] + cells)
-        parts.append("\nIN+ReLU GB/s (one read + one write; % of the device-to-device copy measured in the run):\n")
+        fused = kernel[kernel.variant == "fused"]
+        how = (
+            ", ".join(f"{d}: {i}" for d, i in fused.groupby("device")["impl"].first().items())
+            if "impl" in fused
+            else ""
+        )
+        parts.append(
+            "\nIN+ReLU GB/s (one read + one write; % of the device-to-device copy measured in the run)"
+            + (f"; `fused` ran as {how}" if how else "")
+            + ":\n"
+        )
         parts.append(_markdown_grid(["device", "shape", "dtype"] + variants, rows))
         parts.append("\n" + "\n".join(_provenance(kernel)))
     return "\n".join(parts) + "\n" if parts else "No timed results (was the run --benchmark-disable?).\n"
