@@ -23,7 +23,7 @@ def pytest_addoption(parser):
     group.addoption("--fcg-sizes", default=None, help="comma list of square image sizes (CUDA: 256; CPU: 128,256)")
     group.addoption("--fcg-batches", default=None, help="comma list of batch sizes (CUDA: 1,16; CPU: 1)")
     group.addoption(
-        "--fcg-dtypes", default=None, help="comma list out of fp32, fp16, bf16 (CUDA: bf16,fp32; CPU: fp32)"
+        "--fcg-dtypes", default=None, help="comma list out of fp32, fp16, bf16 (CUDA: bf16,fp32; CPU: fp32,bf16)"
     )
     group.addoption(
         "--fcg-kernel-shapes",

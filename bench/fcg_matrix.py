@@ -46,7 +46,7 @@ def matrix(config) -> dict:
             return value
         return smoke_default if smoke else (cuda_default if cuda else cpu_default)
 
-    dtypes = _csv(pick("--fcg-dtypes", "bf16,fp32", "fp32", "fp32"))
+    dtypes = _csv(pick("--fcg-dtypes", "bf16,fp32", "fp32,bf16", "fp32"))
     unknown = [d for d in dtypes if d not in DTYPES]
     if unknown:
         raise pytest.UsageError(f"--fcg-dtypes: unknown {unknown}; expected some of {', '.join(DTYPES)}")
