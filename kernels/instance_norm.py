@@ -45,6 +45,14 @@ def _program_plane(C, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
+def _program_chunk(P, CHUNK):
+    """Program axis 1 enumerates the chunks of a plane; returns s and its positions [start, end)."""
+    s = tl.program_id(1)
+    start = s * CHUNK
+    return s, start, tl.minimum(start + CHUNK, P)
+
+
+@triton.jit
 def _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P: tl.constexpr):
     """Offsets and mask of the [BLOCK_P, BLOCK_C] tile of positions p0 .. p0 + BLOCK_P (clipped at end)."""
     offs_p = p0 + tl.arange(0, BLOCK_P)
@@ -61,6 +69,25 @@ def _plane_shift(X, n, offs_c, C, stride_n, stride_c):
     return tl.load(X + n.to(tl.int64) * stride_n + offs_c.to(tl.int64) * stride_c, mask=offs_c < C, other=0.0).to(
         tl.float32
     )
+
+
+@triton.jit
+def _saved_stats(MEAN, RSTD, n, offs_c, C):
+    """(index into the (N, C) buffers, mean, rstd) of the planes (n, offs_c), as saved by the forward."""
+    stats = n.to(tl.int64) * C + offs_c
+    mean = tl.load(MEAN + stats, mask=offs_c < C, other=0.0)
+    rstd = tl.load(RSTD + stats, mask=offs_c < C, other=0.0)
+    return stats, mean, rstd
+
+
+@triton.jit
+def _xhat_and_g(X, DY, offsets, mask, mean, rstd, RELU: tl.constexpr):
+    """The tile's normalized input and the gradient reaching the norm (dy through relu's mask) in fp32."""
+    xhat = (tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32) - mean[None, :]) * rstd[None, :]
+    g = tl.load(DY + offsets, mask=mask, other=0.0).to(tl.float32)
+    if RELU:
+        g = tl.where(xhat > 0.0, g, 0.0)
+    return xhat, g
 
 
 @triton.jit
@@ -92,9 +119,7 @@ def _in_fwd_stats_kernel(
     BLOCK_C: tl.constexpr,
 ):
     n, offs_c = _program_plane(C, BLOCK_C)
-    s = tl.program_id(1)
-    start = s * CHUNK
-    end = tl.minimum(start + CHUNK, P)
+    s, start, end = _program_chunk(P, CHUNK)
     shift = _plane_shift(X, n, offs_c, C, stride_n, stride_c)
     count = 0.0
     mean = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -142,7 +167,7 @@ def _in_fwd_apply_kernel(
     BLOCK_C: tl.constexpr,
 ):
     n, offs_c = _program_plane(C, BLOCK_C)
-    s = tl.program_id(1)
+    s, start, end = _program_chunk(P, CHUNK)
     # Combine the chunks' (count, mean, m2) exactly: mean = sum(n_s mean_s) / P, m2 = sum(m2_s + n_s d_s^2).
     # All of them are relative to the plane's shift, and so is `mean` until it is stored.
     shift = _plane_shift(X, n, offs_c, C, stride_n, stride_c)
@@ -158,8 +183,6 @@ def _in_fwd_apply_kernel(
         stats = n.to(tl.int64) * C + offs_c
         tl.store(MEAN + stats, shift + mean, mask=offs_c < C)
         tl.store(RSTD + stats, rstd, mask=offs_c < C)
-    start = s * CHUNK
-    end = tl.minimum(start + CHUNK, P)
     for p0 in range(start, end, BLOCK_P):
         offsets, mask = _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P)
         x = tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -195,20 +218,13 @@ def _in_bwd_reduce_kernel(
     BLOCK_C: tl.constexpr,
 ):
     n, offs_c = _program_plane(C, BLOCK_C)
-    s = tl.program_id(1)
-    stats = n.to(tl.int64) * C + offs_c
-    mean = tl.load(MEAN + stats, mask=offs_c < C, other=0.0)
-    rstd = tl.load(RSTD + stats, mask=offs_c < C, other=0.0)
+    s, start, end = _program_chunk(P, CHUNK)
+    stats, mean, rstd = _saved_stats(MEAN, RSTD, n, offs_c, C)
     sum_g = tl.zeros([BLOCK_C], dtype=tl.float32)
     sum_gx = tl.zeros([BLOCK_C], dtype=tl.float32)
-    start = s * CHUNK
-    end = tl.minimum(start + CHUNK, P)
     for p0 in range(start, end, BLOCK_P):
         offsets, mask = _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P)
-        xhat = (tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32) - mean[None, :]) * rstd[None, :]
-        g = tl.load(DY + offsets, mask=mask, other=0.0).to(tl.float32)
-        if RELU:
-            g = tl.where(xhat > 0.0, g, 0.0)
+        xhat, g = _xhat_and_g(X, DY, offsets, mask, mean, rstd, RELU)
         sum_g += tl.sum(g, axis=0)
         sum_gx += tl.sum(g * xhat, axis=0)
     index = stats * SPLIT + s
@@ -238,20 +254,13 @@ def _in_bwd_apply_kernel(
     BLOCK_C: tl.constexpr,
 ):
     n, offs_c = _program_plane(C, BLOCK_C)
-    s = tl.program_id(1)
-    stats = n.to(tl.int64) * C + offs_c
-    mean = tl.load(MEAN + stats, mask=offs_c < C, other=0.0)
-    rstd = tl.load(RSTD + stats, mask=offs_c < C, other=0.0)
+    s, start, end = _program_chunk(P, CHUNK)
+    _, mean, rstd = _saved_stats(MEAN, RSTD, n, offs_c, C)
     mean_g = tl.sum(_partials(PART_G, n, offs_c, C, SPLIT, SPLIT_BLOCK), axis=0) / P
     mean_gx = tl.sum(_partials(PART_GX, n, offs_c, C, SPLIT, SPLIT_BLOCK), axis=0) / P
-    start = s * CHUNK
-    end = tl.minimum(start + CHUNK, P)
     for p0 in range(start, end, BLOCK_P):
         offsets, mask = _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P)
-        xhat = (tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32) - mean[None, :]) * rstd[None, :]
-        g = tl.load(DY + offsets, mask=mask, other=0.0).to(tl.float32)
-        if RELU:
-            g = tl.where(xhat > 0.0, g, 0.0)
+        xhat, g = _xhat_and_g(X, DY, offsets, mask, mean, rstd, RELU)
         dx = rstd[None, :] * (g - mean_g[None, :] - xhat * mean_gx[None, :])
         tl.store(DX + offsets, dx.to(DX.dtype.element_ty), mask=mask)
 

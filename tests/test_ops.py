@@ -30,6 +30,18 @@ def _mode_id(mode):
     return {(False, False): "in", (True, False): "in+relu", (False, True): "in+add", (True, True): "in+relu+add"}[mode]
 
 
+def _every_case(test):
+    """Parametrize over every (shape, split) x dtype x layout x (relu, residual) combination."""
+    for name, values, ids in [
+        ("mode", MODES, _mode_id),
+        ("channels_last", [False, True], ["nchw", "cl"]),
+        ("dtype", DTYPES, str),
+        ("shape, split", SHAPES, str),
+    ]:
+        test = pytest.mark.parametrize(name, values, ids=ids)(test)
+    return test
+
+
 def _inputs(shape, dtype, channels_last, residual, scale=3.0, shift=0.5):
     x = to_format(torch.randn(shape) * scale + shift, channels_last).to(dtype)
     r = to_format(torch.randn(shape), channels_last).to(dtype) if residual else None
@@ -48,10 +60,7 @@ def test_reference_equals_torch_instance_norm():
     torch.testing.assert_close(reference_instance_norm(x), F.instance_norm(x, eps=1e-5), atol=1e-12, rtol=1e-12)
 
 
-@pytest.mark.parametrize("mode", MODES, ids=_mode_id)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape, split", SHAPES, ids=str)
+@_every_case
 def test_forward_matches_float64_reference(shape, split, dtype, channels_last, mode):
     relu, has_residual = mode
     x, r = _inputs(shape, dtype, channels_last, has_residual)
@@ -61,10 +70,7 @@ def test_forward_matches_float64_reference(shape, split, dtype, channels_last, m
     assert_close(y, reference_instance_norm(x, r, relu), dtype, "forward")
 
 
-@pytest.mark.parametrize("mode", MODES, ids=_mode_id)
-@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape, split", SHAPES, ids=str)
+@_every_case
 def test_gradients_match_float64_autograd(shape, split, dtype, channels_last, mode):
     relu, has_residual = mode
     x, r = _inputs(shape, dtype, channels_last, has_residual)
