@@ -3,8 +3,8 @@
 It subclasses `Generator`, so parameter names, `state_dict` keys and constructor arguments are identical:
 `FastGenerator(...).load_state_dict(Generator(...).state_dict())` and public checkpoints load unchanged.
 Only `forward` differs: every IN site goes through `fastcyclegan.ops.instance_norm` fused with the ReLU or
-the residual add that follows it, and the convolutions (cuDNN/ATen) see channels-last activations and
-weights, so no layout copies happen between them.
+the residual add that follows it and with the reflection padding of the conv after it, and the convolutions
+(cuDNN/ATen) see channels-last activations and weights, so no layout copies happen between them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ _FORBIDDEN_LAYERS = {
 
 def _reflect(x: Tensor, pad: int) -> Tensor:
     return nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+
+
+def _interior(padded: Tensor, pad: int) -> Tensor:
+    """The unpadded view of a reflection-padded activation (no copy)."""
+    return padded[:, :, pad:-pad, pad:-pad]
 
 
 def min_input_size(num_blocks: int) -> int:
@@ -89,15 +94,20 @@ class FastGenerator(Generator):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         m = self.model
-        h = x.contiguous(memory_format=torch.channels_last)
-        h = instance_norm(m[STEM_CONV](_reflect(h, 3)), relu=True)
-        for index in DOWN_CONVS:
-            h = instance_norm(m[index](h), relu=True)
-        for block in m[FIRST_BLOCK : self.up_convs[0]]:
-            conv1, conv2 = block.conv_block[1], block.conv_block[5]
-            t = instance_norm(conv1(_reflect(h, 1)), relu=True)
-            h = instance_norm(conv2(_reflect(t, 1)), residual=h)
-        for index in self.up_convs:
-            h = instance_norm(m[index](h), relu=True)
-        out = torch.tanh(m[self.final_conv](_reflect(h, 3)))
+        # Only the 3-channel input is padded by F.pad; every other reflection pad is written by the norm
+        # before it (pad=...), so no activation takes a separate padding pass (or, on CUDA, ATen's
+        # NCHW-only reflection pad and the layout copies around it).
+        h = _reflect(x, 3).contiguous(memory_format=torch.channels_last)
+        h = instance_norm(m[STEM_CONV](h), relu=True)
+        h = instance_norm(m[DOWN_CONVS[0]](h), relu=True)
+        blocks = m[FIRST_BLOCK : self.up_convs[0]]
+        h = instance_norm(m[DOWN_CONVS[1]](h), relu=True, pad=1 if len(blocks) else 0)
+        for block in blocks:  # h: the block input, reflection-padded by 1
+            t = instance_norm(block.conv_block[1](h), relu=True, pad=1)
+            h = instance_norm(block.conv_block[5](t), residual=_interior(h, 1), pad=1)
+        if len(blocks):
+            h = _interior(h, 1)
+        h = instance_norm(m[self.up_convs[0]](h), relu=True)
+        h = instance_norm(m[self.up_convs[1]](h), relu=True, pad=3)
+        out = torch.tanh(m[self.final_conv](h))
         return out.contiguous()  # the reference returns NCHW whatever the input layout (its norms do)

@@ -14,7 +14,10 @@ Chan et al.'s parallel formula. The forward accumulates x - x[n, c, 0] rather th
 |mean| >> std keep their digits in the sums too (1e4 +- 1 in fp32: 1e-6 error instead of 1e-2).
 
 The tensors are addressed as (N, C, P) through three strides, so channels-last (stride_c == 1) and NCHW
-(stride_p == 1) run through the same kernels. A plane's P positions are cut into SPLIT chunks, so that a
+(stride_p == 1) run through the same kernels. The forward can write its output straight into a reflection-
+padded buffer (PAD > 0) that the next 3x3 or 7x7 conv reads, which saves the separate padding pass; it then
+walks the padded output and reads each position's reflected source, and the residual may be any strided view
+(the interior of the previous padded output). A plane's P positions are cut into SPLIT chunks, so that a
 batch of one still gives every SM work: pass 1 writes one partial per (n, c, chunk), pass 2 combines the
 partials of its plane (cheap: SPLIT values) and then transforms its own chunk.
 
@@ -29,6 +32,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from ..layout import padded_empty
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers shared by the kernels
@@ -144,33 +149,48 @@ def _in_fwd_stats_kernel(
 
 
 @triton.jit
+def _reflect(i, size, PAD: tl.constexpr):
+    """Source index of padded index i under reflection padding by PAD (PAD < size)."""
+    i = i - PAD
+    i = tl.where(i < 0, -i, i)
+    return tl.where(i >= size, 2 * (size - 1) - i, i)
+
+
+@triton.jit
 def _in_fwd_apply_kernel(
-    X,  # pointer to the input, (N, C, P) through the strides
-    R,  # pointer to the residual, same strides as X (read only when HAS_RESIDUAL)
-    Y,  # pointer to the output, same strides as X
+    X,  # pointer to the input (N, C, H, W), strides sx_*
+    R,  # pointer to the residual (N, C, H, W), strides sr_* (read only when HAS_RESIDUAL)
+    Y,  # pointer to the output (N, C, H + 2 PAD, W + 2 PAD), strides sy_*
     PART_MEAN,  # pointer to fp32 (N, C, SPLIT), from the stats kernel
     PART_M2,  # pointer to fp32 (N, C, SPLIT), from the stats kernel
     MEAN,  # pointer to fp32 (N, C): the plane means, saved for the backward
     RSTD,  # pointer to fp32 (N, C): 1 / sqrt(var + eps), saved for the backward
-    P,
+    H,
+    W,
     C,
-    CHUNK,
-    SPLIT,
+    CHUNK,  # the stats kernel's positions per chunk (to weigh its partials)
+    SPLIT,  # the stats kernel's chunks per plane
+    OUT_CHUNK,  # output positions per program of this kernel (a multiple of BLOCK_P)
     eps,
-    stride_n,
-    stride_c,
-    stride_p,
+    sx_n, sx_c, sx_h, sx_w,
+    sr_n, sr_c, sr_h, sr_w,
+    sy_n, sy_c, sy_h, sy_w,
+    sx_p,  # stride of x's collapsed H*W axis (used when FLAT)
+    PAD: tl.constexpr,  # reflection padding written around the output (0: none)
+    FLAT: tl.constexpr,  # no padding and R, Y share x's strides: address positions as one axis
     RELU: tl.constexpr,  # apply max(., 0) after the norm (NaN stays NaN)
     HAS_RESIDUAL: tl.constexpr,  # add R after the norm (and the ReLU)
     SPLIT_BLOCK: tl.constexpr,  # next power of two >= SPLIT
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
-):
+):  # fmt: skip
     n, offs_c = _program_plane(C, BLOCK_C)
-    s, start, end = _program_chunk(P, CHUNK)
+    W_OUT = W + 2 * PAD
+    s, start, end = _program_chunk((H + 2 * PAD) * W_OUT, OUT_CHUNK)
+    P = H * W
     # Combine the chunks' (count, mean, m2) exactly: mean = sum(n_s mean_s) / P, m2 = sum(m2_s + n_s d_s^2).
     # All of them are relative to the plane's shift, and so is `mean` until it is stored.
-    shift = _plane_shift(X, n, offs_c, C, stride_n, stride_c)
+    shift = _plane_shift(X, n, offs_c, C, sx_n, sx_c)
     part_mean = _partials(PART_MEAN, n, offs_c, C, SPLIT, SPLIT_BLOCK)
     part_m2 = _partials(PART_M2, n, offs_c, C, SPLIT, SPLIT_BLOCK)
     chunk_start = tl.arange(0, SPLIT_BLOCK) * CHUNK
@@ -183,15 +203,30 @@ def _in_fwd_apply_kernel(
         stats = n.to(tl.int64) * C + offs_c
         tl.store(MEAN + stats, shift + mean, mask=offs_c < C)
         tl.store(RSTD + stats, rstd, mask=offs_c < C)
-    for p0 in range(start, end, BLOCK_P):
-        offsets, mask = _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P)
-        x = tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32)
+    c64 = offs_c.to(tl.int64)[None, :]
+    n64 = n.to(tl.int64)
+    for q0 in range(start, end, BLOCK_P):
+        q = q0 + tl.arange(0, BLOCK_P)
+        mask = (q < end)[:, None] & (offs_c < C)[None, :]
+        if FLAT:  # one multiply per position: the compiler sees NCHW rows as contiguous and vectorizes them
+            src = n64 * sx_n + q.to(tl.int64)[:, None] * sx_p + c64 * sx_c
+            res = src
+            out = src
+        else:  # output position q -> (row, col) of the padded output -> reflected source (h, w)
+            row = q // W_OUT
+            col = q - row * W_OUT
+            h = _reflect(row, H, PAD).to(tl.int64)[:, None]
+            w = _reflect(col, W, PAD).to(tl.int64)[:, None]
+            src = n64 * sx_n + h * sx_h + w * sx_w + c64 * sx_c
+            res = n64 * sr_n + h * sr_h + w * sr_w + c64 * sr_c
+            out = n64 * sy_n + row.to(tl.int64)[:, None] * sy_h + col.to(tl.int64)[:, None] * sy_w + c64 * sy_c
+        x = tl.load(X + src, mask=mask, other=0.0).to(tl.float32)
         y = ((x - shift[None, :]) - mean[None, :]) * rstd[None, :]
         if RELU:
             y = tl.where(y < 0.0, 0.0, y)
         if HAS_RESIDUAL:
-            y += tl.load(R + offsets, mask=mask, other=0.0).to(tl.float32)
-        tl.store(Y + offsets, y.to(Y.dtype.element_ty), mask=mask)
+            y += tl.load(R + res, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Y + out, y.to(Y.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -316,34 +351,44 @@ def plane_strides(x: torch.Tensor) -> tuple[int, int, int]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# launchers: x, residual and dy must share one (N, C, P)-collapsible layout; fastcyclegan.ops ensures it.
+# launchers: x and dy must share one (N, C, P)-collapsible layout; fastcyclegan.ops ensures it.
 
 
 def instance_norm_forward(
-    x: torch.Tensor, residual: torch.Tensor | None, relu: bool, eps: float, split: int | None = None
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    relu: bool,
+    eps: float,
+    pad: int = 0,
+    split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """y = act(IN(x)) (+ residual) in x's dtype and layout, and the fp32 (N, C) mean and rstd."""
+    """y = act(IN(x)) (+ residual), reflection-padded by `pad`, in x's dtype and memory format, and the fp32
+    (N, C) mean and rstd. x must be (N, C, P)-collapsible; the residual may have any strides."""
     n, c, h, w = x.shape
     p = h * w
-    y = torch.empty_like(x)
+    y = padded_empty(x, pad)
     mean = torch.empty((n, c), device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     if x.numel() == 0:
         return y, mean, rstd
-    cfg = plan(n, c, p, x.stride(1) == 1 and c > 1, x.device, split)
+    channels_last = x.stride(1) == 1 and c > 1
+    cfg = plan(n, c, p, channels_last, x.device, split)
+    out = plan(n, c, y.shape[2] * y.shape[3], channels_last, x.device, split)
     part_mean = torch.empty((n, c, cfg.split), device=x.device, dtype=torch.float32)
     part_m2 = torch.empty_like(part_mean)
-    strides = plane_strides(x)
-    grid = cfg.grid(n, c)
-    _in_fwd_stats_kernel[grid](
-        x, part_mean, part_m2, p, c, cfg.chunk, cfg.split, *strides,
+    _in_fwd_stats_kernel[cfg.grid(n, c)](
+        x, part_mean, part_m2, p, c, cfg.chunk, cfg.split, *plane_strides(x),
         BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )  # fmt: skip
-    _in_fwd_apply_kernel[grid](
-        x, x if residual is None else residual, y, part_mean, part_m2, mean, rstd,
-        p, c, cfg.chunk, cfg.split, eps, *strides,
-        RELU=relu, HAS_RESIDUAL=residual is not None, SPLIT_BLOCK=triton.next_power_of_2(cfg.split),
-        BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
+    r = x if residual is None else residual
+    strides = plane_strides(x)
+    flat = pad == 0 and r.stride() == x.stride() == y.stride()
+    _in_fwd_apply_kernel[out.grid(n, c)](
+        x, r, y, part_mean, part_m2, mean, rstd, h, w, c, cfg.chunk, cfg.split, out.chunk, eps,
+        *x.stride(), *r.stride(), *y.stride(), strides[2],
+        PAD=pad, FLAT=flat, RELU=relu, HAS_RESIDUAL=residual is not None,
+        SPLIT_BLOCK=triton.next_power_of_2(cfg.split),
+        BLOCK_P=out.block_p, BLOCK_C=out.block_c, num_warps=out.num_warps,
     )  # fmt: skip
     return y, mean, rstd
 

@@ -21,8 +21,9 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
 
 
-def reference_instance_norm(x, residual=None, relu=False, eps=1e-5):
-    """act(IN(x)) (+ residual) in float64, two-pass variance; equals F.instance_norm where that accepts x."""
+def reference_instance_norm(x, residual=None, relu=False, eps=1e-5, pad=0):
+    """act(IN(x)) (+ residual), reflection-padded by `pad`, in float64 with a two-pass variance; equals
+    F.instance_norm where that accepts x."""
     xd = x.double()
     mean = xd.mean(dim=(2, 3), keepdim=True)
     var = ((xd - mean) ** 2).mean(dim=(2, 3), keepdim=True)
@@ -31,7 +32,7 @@ def reference_instance_norm(x, residual=None, relu=False, eps=1e-5):
         y = torch.relu(y)
     if residual is not None:
         y = y + residual.double()
-    return y
+    return torch.nn.functional.pad(y, (pad,) * 4, mode="reflect") if pad else y
 
 
 def to_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -17,19 +17,28 @@ from triton.compiler import ASTSource
 
 KERNELS = {
     "fwd_stats": (K._in_fwd_stats_kernel, {}),
-    "fwd_apply": (K._in_fwd_apply_kernel, {"RELU": True, "HAS_RESIDUAL": True, "SPLIT_BLOCK": 8}),
+    "fwd_apply": (
+        K._in_fwd_apply_kernel,
+        {"RELU": True, "HAS_RESIDUAL": True, "SPLIT_BLOCK": 8, "PAD": 1, "FLAT": False},
+    ),
+    "fwd_apply_flat": (
+        K._in_fwd_apply_kernel,
+        {"RELU": True, "HAS_RESIDUAL": True, "SPLIT_BLOCK": 8, "PAD": 0, "FLAT": True},
+    ),
     "bwd_reduce": (K._in_bwd_reduce_kernel, {"RELU": True}),
     "bwd_apply": (K._in_bwd_apply_kernel, {"RELU": True, "SPLIT_BLOCK": 8}),
 }
 TENSOR_ARGS = {"X", "R", "Y", "DY", "DX"}  # in the storage dtype; every other pointer is fp32
-SIZE_ARGS = {"P", "C", "CHUNK", "SPLIT"}  # upper-case like the pointers, but integers
+SIZE_ARGS = {"P", "C", "H", "W", "CHUNK", "SPLIT", "OUT_CHUNK"}  # upper-case like the pointers, but integers
+# the unit strides that Triton turns into constants at a real launch (it specializes integer arguments of 1)
+UNIT_STRIDES = {True: ("stride_c", "sx_c", "sr_c", "sy_c"), False: ("stride_p", "sx_w", "sr_w", "sy_w", "sx_p")}
 
 
 def compile_for_sm90(kernel, flags: dict, dtype: str, channels_last: bool):
     names = list(inspect.signature(kernel.fn).parameters)
     plan = K.plan(8, 256, 64 * 64, channels_last, torch.device("cpu"), split=4)
     consts = {**flags, "BLOCK_P": plan.block_p, "BLOCK_C": plan.block_c}
-    consts["stride_c" if channels_last else "stride_p"] = 1  # Triton turns an int argument of 1 into a constant
+    consts.update({name: 1 for name in UNIT_STRIDES[channels_last] if name in names})
     signature, divisible = {}, []
     for name in names:
         if name in consts:

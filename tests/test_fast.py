@@ -169,6 +169,23 @@ def test_empty_batch_gives_an_empty_output():
         assert fast(torch.randn(0, 3, 24, 24)).shape == (0, 3, 24, 24)
 
 
+@pytest.mark.parametrize("num_blocks", [2, 0])
+def test_fullgraph_trace_keeps_every_fused_norm(num_blocks):
+    """23 norm sites at 9 blocks: 3 + 2 per block + 2, each one fastcyclegan op in the traced graph."""
+    seen = []
+
+    def record(gm, example_inputs):
+        seen.extend(str(node.target) for node in gm.graph.nodes)
+        return gm.forward
+
+    torch._dynamo.reset()
+    fast = FastGenerator(num_blocks, ngf=4)
+    torch.compile(fast, fullgraph=True, backend=record)(torch.randn(1, 3, 16, 16))
+    assert sum("fastcyclegan.instance_norm" in t for t in seen) == 3 + 2 * num_blocks + 2
+    # the only padding op left is the 3-channel input's; every other pad is written by a norm
+    assert sum(t == "<built-in function pad>" for t in seen) == 1
+
+
 @pytest.mark.slow
 def test_compiled_fullgraph_equals_eager():
     fast = FastGenerator(1, ngf=8)

@@ -32,7 +32,7 @@ def compiled():
 
 
 @pytest.mark.parametrize("layout", ["bf16-cl", "fp32-nchw"])
-@pytest.mark.parametrize("kernel", ["fwd_stats", "fwd_apply", "bwd_reduce", "bwd_apply"])
+@pytest.mark.parametrize("kernel", ["fwd_stats", "fwd_apply", "fwd_apply_flat", "bwd_reduce", "bwd_apply"])
 def test_kernel_compiles_for_sm90(compiled, kernel, layout):
     result = compiled[f"{kernel}-{layout}"]
     if not result["ok"] and "ptxas" in result.get("error", "").lower():
@@ -40,8 +40,14 @@ def test_kernel_compiles_for_sm90(compiled, kernel, layout):
     assert result["ok"], result.get("error")
 
 
-@pytest.mark.parametrize("kernel", ["fwd_apply", "bwd_apply"])
+@pytest.mark.parametrize("kernel", ["fwd_apply", "fwd_apply_flat", "bwd_apply"])
 def test_channels_last_bf16_tiles_move_16_byte_vectors(compiled, kernel):
     result = compiled[f"{kernel}-bf16-cl"]
     assert result["ok"], result.get("error")
+    assert result["v4_loads"] >= 2 and result["v4_stores"] >= 1, result
+
+
+@pytest.mark.parametrize("kernel", ["fwd_apply_flat", "bwd_apply"])
+def test_nchw_fp32_rows_move_16_byte_vectors(compiled, kernel):
+    result = compiled[f"{kernel}-fp32-nchw"]
     assert result["v4_loads"] >= 2 and result["v4_stores"] >= 1, result

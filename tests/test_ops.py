@@ -12,6 +12,7 @@ from fastcyclegan.kernels import instance_norm_backward, instance_norm_forward, 
 from helpers import assert_close, reference_instance_norm, to_format
 
 from fastcyclegan import ops
+from fastcyclegan.ops import fold_reflect_pad
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (shape, forced split): batch 1, odd planes, a 1x1 plane, channels off the block size, split planes, N = 0
@@ -23,11 +24,13 @@ SHAPES = [
     ((2, 67, 9, 8), 4),
     ((0, 4, 6, 6), None),
 ]
-MODES = [(False, False), (True, False), (False, True), (True, True)]  # (relu, residual)
+# (relu, residual, reflection pad written around the output): the generator uses the last four
+MODES = [(False, False, 0), (True, False, 0), (True, False, 1), (False, True, 1), (True, True, 3)]
 
 
 def _mode_id(mode):
-    return {(False, False): "in", (True, False): "in+relu", (False, True): "in+add", (True, True): "in+relu+add"}[mode]
+    relu, residual, pad = mode
+    return "in" + "+relu" * relu + "+add" * residual + f"+pad{pad}" * bool(pad)
 
 
 def _every_case(test):
@@ -42,17 +45,25 @@ def _every_case(test):
     return test
 
 
-def _inputs(shape, dtype, channels_last, residual, scale=3.0, shift=0.5):
-    x = to_format(torch.randn(shape) * scale + shift, channels_last).to(dtype)
-    r = to_format(torch.randn(shape), channels_last).to(dtype) if residual else None
-    return x, r
+def _inputs(shape, dtype, channels_last, residual, pad=0, scale=3.0, shift=0.5, device="cpu"):
+    """x, and a residual that is, when padding, the interior view of a padded tensor (as in the generator)."""
+    x = to_format(torch.randn(shape, device=device) * scale + shift, channels_last).to(dtype)
+    if not residual:
+        return x, None
+    n, c, h, w = shape
+    r = to_format(torch.randn(n, c, h + 2 * pad, w + 2 * pad, device=device), channels_last).to(dtype)
+    return x, r[:, :, pad : pad + h, pad : pad + w]
 
 
-def _run(x, residual, relu, split):
+def _pad_for(shape, pad):
+    return min(pad, shape[2] - 1, shape[3] - 1)  # reflection needs pad < H and W (a 1x1 plane takes none)
+
+
+def _run(x, residual, relu, pad, split):
     """The kernels directly when a split is forced (ops picks its own), else the public op."""
     if split is None:
-        return ops.instance_norm(x, residual, relu=relu)
-    return instance_norm_forward(x, residual, relu, 1e-5, split=split)[0]
+        return ops.instance_norm(x, residual, relu=relu, pad=pad)
+    return instance_norm_forward(x, residual, relu, 1e-5, pad, split=split)[0]
 
 
 def test_reference_equals_torch_instance_norm():
@@ -62,30 +73,35 @@ def test_reference_equals_torch_instance_norm():
 
 @_every_case
 def test_forward_matches_float64_reference(shape, split, dtype, channels_last, mode):
-    relu, has_residual = mode
-    x, r = _inputs(shape, dtype, channels_last, has_residual)
-    y = _run(x, r, relu, split)
-    assert y.dtype == dtype and y.shape == x.shape
+    relu, has_residual, pad = mode
+    pad = _pad_for(shape, pad)
+    x, r = _inputs(shape, dtype, channels_last, has_residual, pad)
+    y = _run(x, r, relu, pad, split)
+    n, c, h, w = shape
+    assert y.dtype == dtype and y.shape == (n, c, h + 2 * pad, w + 2 * pad)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    assert_close(y, reference_instance_norm(x, r, relu), dtype, "forward")
+    assert_close(y, reference_instance_norm(x, r, relu, pad=pad), dtype, "forward")
 
 
 @_every_case
 def test_gradients_match_float64_autograd(shape, split, dtype, channels_last, mode):
-    relu, has_residual = mode
-    x, r = _inputs(shape, dtype, channels_last, has_residual)
-    dy = to_format(torch.randn(shape), channels_last).to(dtype)
+    relu, has_residual, pad = mode
+    pad = _pad_for(shape, pad)
+    x, r = _inputs(shape, dtype, channels_last, has_residual, pad)
+    n, c, h, w = shape
+    dy = to_format(torch.randn(n, c, h + 2 * pad, w + 2 * pad), channels_last).to(dtype)
     x64 = x.double().requires_grad_()
     r64 = r.double().requires_grad_() if has_residual else None
-    reference_instance_norm(x64, r64, relu).backward(dy.double())
+    reference_instance_norm(x64, r64, relu, pad=pad).backward(dy.double())
     if split is None:
         xg = x.clone().requires_grad_()
         rg = r.clone().requires_grad_() if has_residual else None
-        ops.instance_norm(xg, rg, relu=relu).backward(dy)
+        ops.instance_norm(xg, rg, relu=relu, pad=pad).backward(dy)
         dx, dr = xg.grad, (rg.grad if has_residual else None)
     else:
-        _, mean, rstd = instance_norm_forward(x, r, relu, 1e-5, split=split)
-        dx, dr = instance_norm_backward(dy, x, mean, rstd, relu, split=split), dy
+        _, mean, rstd = instance_norm_forward(x, r, relu, 1e-5, pad, split=split)
+        dz = fold_reflect_pad(dy, pad) if pad else dy
+        dx, dr = instance_norm_backward(dz, x, mean, rstd, relu, split=split), dz
     assert dx.dtype == dtype and dx.shape == x.shape
     # Where xhat is within rounding of 0, fp32 and float64 may disagree on relu's mask: leave those out.
     settled = reference_instance_norm(x).abs() > 1e-4 if relu else torch.ones(shape, dtype=torch.bool)
@@ -192,13 +208,31 @@ def test_bad_inputs_say_what_was_expected(x, residual, message):
         ops.instance_norm(x, residual)
 
 
+@pytest.mark.parametrize("pad", [-1, 3, 4])
+def test_padding_must_fit_the_plane(pad):
+    with pytest.raises(ValueError, match=rf"0 <= pad < H and W: got pad={pad} for H x W = 5x3"):
+        ops.instance_norm(torch.randn(1, 2, 5, 3), pad=pad)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("pad", [1, 3])
+def test_fold_reflect_pad_is_the_gradient_of_reflection_padding(pad, channels_last):
+    z = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    dy = to_format(torch.randn(2, 3, 7 + 2 * pad, 6 + 2 * pad, dtype=torch.float64), channels_last)
+    F.pad(z, (pad,) * 4, mode="reflect").backward(dy)
+    folded = fold_reflect_pad(dy, pad)
+    torch.testing.assert_close(folded, z.grad, atol=1e-12, rtol=1e-12)
+    assert folded.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 @pytest.mark.parametrize("residual", [False, True])
 def test_opcheck(residual):
     x = torch.randn(2, 5, 6, 7, requires_grad=True)
     r = torch.randn(2, 5, 6, 7, requires_grad=True) if residual else None
-    torch.library.opcheck(torch.ops.fastcyclegan.instance_norm.default, (x, r, True, 1e-5))
+    torch.library.opcheck(torch.ops.fastcyclegan.instance_norm.default, (x, r, True, 1e-5, 0))
+    torch.library.opcheck(torch.ops.fastcyclegan.instance_norm.default, (x, r, False, 1e-5, 2))
     xcl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
-    torch.library.opcheck(torch.ops.fastcyclegan.instance_norm.default, (xcl, None, False, 1e-5))
+    torch.library.opcheck(torch.ops.fastcyclegan.instance_norm.default, (xcl, None, False, 1e-5, 1))
 
 
 def test_opcheck_backward_op():
@@ -210,7 +244,8 @@ def test_opcheck_backward_op():
 
 
 def _block(x, r):
-    return ops.instance_norm(torch.tanh(x), r, relu=False) * 2 + ops.instance_norm(x, relu=True)
+    padded = ops.instance_norm(torch.tanh(x), r, relu=False, pad=1)
+    return padded[:, :, 1:-1, 1:-1] * 2 + ops.instance_norm(x, relu=True)
 
 
 @pytest.mark.slow
@@ -239,10 +274,15 @@ def test_compile_fullgraph_keeps_the_op_and_matches_eager():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(1, 256, 64, 64), (8, 64, 128, 128), (3, 70, 33, 31)], ids=str)
 def test_cuda_kernels_match_reference(shape, dtype):
-    for channels_last in (False, True):
-        x, r = _inputs(shape, dtype, channels_last, True)
-        x, r = x.cuda().requires_grad_(), r.cuda()
-        y = ops.instance_norm(x, r, relu=True)
-        assert_close(y.cpu(), reference_instance_norm(x.detach().cpu(), r.cpu(), relu=True), dtype, "cuda forward")
-        y.backward(torch.ones_like(y))
-        assert torch.isfinite(x.grad).all()
+    for channels_last, pad in ((False, 0), (True, 0), (True, 1), (False, 3)):
+        x, r = _inputs(shape, dtype, channels_last, True, pad, device="cuda")
+        x = x.requires_grad_()
+        y = ops.instance_norm(x, r, relu=True, pad=pad)
+        expected = reference_instance_norm(x.detach().cpu(), r.cpu(), relu=True, pad=pad)
+        assert_close(y.cpu(), expected, dtype, f"cuda forward, pad {pad}")
+        dy = torch.randn_like(y)
+        y.backward(dy)
+        x64 = x.detach().cpu().double().requires_grad_()
+        reference_instance_norm(x64, r.cpu(), relu=True, pad=pad).backward(dy.cpu().double())
+        settled = reference_instance_norm(x.detach().cpu()).abs() > 1e-3
+        assert_close(x.grad.cpu()[settled], x64.grad[settled], dtype, f"cuda dx, pad {pad}")

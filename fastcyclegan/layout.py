@@ -1,0 +1,33 @@
+"""Memory-layout rules shared by the custom ops' real, fake and fallback implementations and the kernels.
+
+One rule decides an output's memory format, so the fake (meta) tensors that torch.compile traces have exactly
+the strides of the real outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """channels_last for channels-last-contiguous x (decided by the channel stride, so an empty batch keeps
+    its format too), else contiguous."""
+    if x.shape[1] > 1 and x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def plane_layout(x: Tensor) -> Tensor:
+    """x itself when it is NCHW- or channels-last-contiguous (H and W collapse into one strided axis), else an
+    NCHW copy."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def padded_empty(x: Tensor, pad: int) -> Tensor:
+    """An uninitialized (N, C, H + 2 pad, W + 2 pad) tensor in x's dtype, device and memory format."""
+    n, c, h, w = x.shape
+    shape = (n, c, h + 2 * pad, w + 2 * pad)
+    return torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=memory_format_of(x))
