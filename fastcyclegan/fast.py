@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import infer_generator_config, load_into
+from .checkpoint import clean_state_dict, infer_generator_config, load_into
 from .ops import instance_norm
 from .reference import DOWN_CONVS, FIRST_BLOCK, STEM_CONV, Generator
 
@@ -51,7 +51,8 @@ class FastGenerator(Generator):
         """A FastGenerator with the weights, device and dtype of any public-layout ResNet generator.
 
         Accepts our `Generator` and the public repository's `ResnetGenerator` (instance norm, reflection
-        padding, no dropout); raises ValueError saying why for anything else.
+        padding, no dropout), also inside `nn.DataParallel`; keeps its train/eval mode; raises ValueError
+        saying why for anything else.
         """
         if not isinstance(module, nn.Module):
             raise ValueError(f"from_module expects an nn.Module, got {type(module).__name__}")
@@ -64,13 +65,13 @@ class FastGenerator(Generator):
                     f"cannot convert {type(module).__name__}: its InstanceNorm2d has affine={layer.affine}, "
                     f"track_running_stats={layer.track_running_stats}; FastGenerator needs both False"
                 )
-        state = module.state_dict()
+        state = clean_state_dict(module.state_dict())  # a DataParallel wrapper's `module.` prefix goes
         name = f"module {type(module).__name__}"
         fast = cls(**infer_generator_config(state, name))
         first = next(iter(state.values()))
         fast.to(device=first.device, dtype=first.dtype)
         load_into(fast, state, name)
-        return fast
+        return fast.train(module.training)
 
     def compile(self, *, mode: str | None = None, dynamic: bool | None = None, **options) -> FastGenerator:
         """Compile in place with `fullgraph=True` (the fused ops stay single nodes) and return self.

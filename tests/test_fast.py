@@ -110,10 +110,12 @@ def test_from_public_resnet_generator_built_independently():
         torch.testing.assert_close(fast(x), public(x), atol=2e-5, rtol=1e-4)
 
 
-def test_from_module_copies_dtype():
-    ref = Generator(1, ngf=8).to(torch.bfloat16)
+def test_from_module_copies_dtype_and_mode_and_unwraps_dataparallel():
+    ref = Generator(1, ngf=8).to(torch.bfloat16).eval()
     fast = FastGenerator.from_module(ref)
-    assert next(fast.parameters()).dtype == torch.bfloat16
+    assert next(fast.parameters()).dtype == torch.bfloat16 and not fast.training
+    wrapped = FastGenerator.from_module(torch.nn.DataParallel(Generator(1, ngf=8)))
+    assert wrapped.training and list(wrapped.state_dict()) == list(ref.state_dict())
 
 
 @pytest.mark.parametrize(
