@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check: one prepared run for a lent H100/H200 (see DESIGN.md, "The GPU check").
 #   bash bench/gpu_check.sh            results and logs under $OUT (the device tool sets it), else bench/results/local
+#   FCG_SMOKE=1 bash bench/gpu_check.sh   the same phases on tiny shapes: CI runs it on a CPU so the script cannot rot
 # Phases run most important first, each with its own time limit and its own JSON, so a run cut short still
 # returns what it finished. Designed to end in under 7 minutes on an H100, compile times included.
+# $OUT gets 8 files at most (the device tool returns no more): four JSON, log.txt, report.md, report.csv,
+# report.kernels.csv.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/local}
@@ -10,32 +13,40 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/fcg-inductor}
 BENCH="$PY -m pytest -q -p no:cacheprovider --benchmark-columns=median,rounds"
+SMOKE=() PROFILE=()
+if [ "${FCG_SMOKE:-0}" = 1 ]; then  # later options win: every phase shrinks to a CPU-sized smoke run
+    SMOKE=(--fcg-smoke --fcg-batches 1 --fcg-kernel-shapes 1,8,8,8 --fcg-rounds 1)
+    PROFILE=(--size 32 --batch 1 --ngf 8)
+fi
 
-phase() {  # phase NAME SECONDS COMMAND...: run with a limit, log under $OUT, never stop the script
-    local name=$1 limit=$2; shift 2
-    echo "=== $name (limit ${limit}s) ==="
-    local start=$SECONDS
-    timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | tail -n 25
-    echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start))s ==="
+phase() {  # phase NAME SECONDS COMMAND...: run with a limit, log to $OUT/log.txt, never stop the script
+    local name=$1 limit=$2 start=$SECONDS code; shift 2
+    echo "=== $name (limit ${limit}s) ===" | tee -a "$OUT/log.txt"
+    timeout "$limit" "$@" 2>&1 | tee -a "$OUT/log.txt" | tail -n 25
+    code=${PIPESTATUS[0]}
+    echo "=== $name: exit $code after $((SECONDS - start))s ===" | tee -a "$OUT/log.txt"
 }
 
 {
     date -u +"%Y-%m-%dT%H:%M:%SZ"
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || echo "no nvidia-smi"
     $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())"
-} 2>&1 | tee "$OUT/device.txt"
+} 2>&1 | tee "$OUT/log.txt"
 
-$PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -n 3
+$PY -c "import fastcyclegan.kernels" 2>/dev/null || $PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -n 3
 
-phase cuda_tests 90 $PY -m pytest tests -q -p no:cacheprovider -k cuda -rs
-phase generator_b16 150 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes bf16 \
-    --benchmark-json="$OUT/generator_b16_bf16.json"
+phase cuda_tests 80 $PY -m pytest tests -q -p no:cacheprovider -k cuda -rs
+phase generator_b16 130 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes bf16 \
+    --benchmark-json="$OUT/generator_b16_bf16.json" "${SMOKE[@]}"
 phase generator_fp32 40 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes fp32 \
-    --fcg-backends eager,eager_cl,fast --benchmark-json="$OUT/generator_b16_fp32.json"
-phase kernel 60 $BENCH bench/test_kernel_bench.py --fcg-dtypes bf16 \
-    --fcg-kernel-shapes "1,256,64,64;32,256,64,64;8,64,256,256" --benchmark-json="$OUT/kernel_bf16.json"
-phase generator_b1 80 $BENCH bench/test_generator_bench.py --fcg-batches 1 --fcg-dtypes bf16 \
-    --fcg-backends eager,eager_cl,fast,fast_compiled,compiled --benchmark-json="$OUT/generator_b1_bf16.json"
+    --fcg-backends eager,eager_cl,fast --benchmark-json="$OUT/generator_b16_fp32.json" "${SMOKE[@]}"
+phase kernel 50 $BENCH bench/test_kernel_bench.py --fcg-dtypes bf16 \
+    --fcg-kernel-shapes "1,256,64,64;32,256,64,64;8,64,256,256" --benchmark-json="$OUT/kernel_bf16.json" "${SMOKE[@]}"
+phase generator_b1 70 $BENCH bench/test_generator_bench.py --fcg-batches 1 --fcg-dtypes bf16 \
+    --fcg-backends eager,eager_cl,fast,fast_compiled,compiled --benchmark-json="$OUT/generator_b1_bf16.json" "${SMOKE[@]}"
+
+phase profile_fast 20 $PY bench/profile_generator.py --backend fast --batch 16 --dtype bf16 "${PROFILE[@]}"
+phase profile_eager_cl 20 $PY bench/profile_generator.py --backend eager_cl --batch 16 --dtype bf16 "${PROFILE[@]}"
 
 $PY -m fastcyclegan report "$OUT"/generator_*.json "$OUT"/kernel_*.json \
     --csv "$OUT/report.csv" --markdown "$OUT/report.md" 2>&1 | tail -n 5
