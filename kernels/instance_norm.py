@@ -303,9 +303,12 @@ def _in_bwd_apply_kernel(
 # ----------------------------------------------------------------------------------------------------------
 # launch planning
 
-_TILE_ELEMENTS = 4096  # elements per [BLOCK_P, BLOCK_C] tile: 32 fp32 registers a thread at 4 warps
+_TILE_ELEMENTS = 4096  # elements per [BLOCK_P, BLOCK_C] tile: 16 fp32 registers a thread at 8 warps
 _PROGRAMS_PER_SM = 8  # split planes until the grid has about this many programs per SM
-_MAX_SPLIT = 256
+# Every apply program combines its planes' partials, a [SPLIT_BLOCK, BLOCK_C] fp32 tile per statistic: 64 keeps
+# that at the size of one data tile (registers) and its re-reads from L2 small next to the data it moves.
+_MAX_SPLIT = 64
+_MIN_BLOCK_C = 16  # 16 bf16 channels = one 32-byte sector per position
 
 
 @dataclass(frozen=True)
@@ -327,15 +330,31 @@ def _sm_count(device: torch.device) -> int:
     return 1  # the interpreter runs programs one after another: splitting only adds programs
 
 
-def plan(n: int, c: int, p: int, channels_last: bool, device: torch.device, split: int | None = None) -> Plan:
-    """Tile shape, chunking and warps for (n, c, p) planes; `split` forces the number of chunks per plane."""
+def plan(
+    n: int, c: int, p: int, channels_last: bool, device: torch.device, split: int | None = None, sms: int | None = None
+) -> Plan:
+    """Tile shape, chunking and warps for (n, c, p) planes; `split` forces the number of chunks per plane,
+    `sms` the number of SMs to fill (default: the device's)."""
     # The contiguous axis gets the long side of the tile, so every warp reads whole 32-byte sectors.
     block_c = min(64, max(4, triton.next_power_of_2(c))) if channels_last else min(4, triton.next_power_of_2(c))
-    block_p = max(16, min(_TILE_ELEMENTS // block_c, triton.next_power_of_2(p)))
-    tiles = triton.cdiv(p, block_p)
+    wanted = _PROGRAMS_PER_SM * (sms or _sm_count(device))
+
+    def shape(block_c):
+        block_p = max(16, min(_TILE_ELEMENTS // block_c, triton.next_power_of_2(p)))
+        return block_p, triton.cdiv(p, block_p)
+
+    def programs(block_c, tiles):
+        return n * triton.cdiv(c, block_c) * min(tiles, _MAX_SPLIT)
+
+    block_p, tiles = shape(block_c)
+    # Few, large planes (batch 1): narrower channel blocks give more programs once the split is capped.
+    while channels_last and block_c > _MIN_BLOCK_C and programs(block_c, tiles) < wanted:
+        narrower = shape(block_c // 2)
+        if programs(block_c // 2, narrower[1]) <= programs(block_c, tiles):
+            break
+        block_c, (block_p, tiles) = block_c // 2, narrower
     if split is None:
         programs = n * triton.cdiv(c, block_c)
-        wanted = _PROGRAMS_PER_SM * _sm_count(device)
         split = triton.cdiv(wanted, programs) if programs < wanted else 1
     split = max(1, min(split, tiles, _MAX_SPLIT))
     chunk = triton.cdiv(tiles, split) * block_p

@@ -127,6 +127,17 @@ def test_plan_fills_the_device_and_leaves_no_empty_chunk():
     assert plan(1, 256, 1, True, device, split=9).split == 1  # a 1x1 plane cannot be split
 
 
+@pytest.mark.parametrize("n, c, hw", [(1, 256, 64), (1, 128, 128), (1, 64, 256), (16, 256, 64), (16, 64, 256)])
+def test_plan_fills_an_h100_at_every_batch(n, c, hw):
+    """132 SMs: the generator's norm shapes give at least 2 programs per SM at batch 1 (one tile each at
+    worst), and a batch that fills the chip alone is not split further than the target."""
+    p = plan(n, c, hw * hw, True, torch.device("cpu"), sms=132)
+    blocks, split = p.grid(n, c)
+    assert blocks * split >= min(256, n * c * hw * hw // (p.block_p * p.block_c))
+    assert blocks * split <= 2 * 8 * 132 or split == 1
+    assert p.block_c >= 16 and split <= 64 and (split - 1) * p.chunk < hw * hw <= split * p.chunk
+
+
 def test_large_mean_keeps_precision(monkeypatch):
     """|mean| = 1e4, std = 1: E[x^2] - E[x]^2 in fp32 loses every digit here; Welford/two-pass does not."""
     x = torch.randn(2, 4, 32, 32) + 1e4
