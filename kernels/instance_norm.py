@@ -207,13 +207,13 @@ def _in_fwd_apply_kernel(
     c64 = offs_c.to(tl.int64)[None, :]
     n64 = n.to(tl.int64)
     for q0 in range(start, end, BLOCK_P):
-        q = q0 + tl.arange(0, BLOCK_P)
-        mask = (q < end)[:, None] & (offs_c < C)[None, :]
         if FLAT:  # one multiply per position: the compiler sees NCHW rows as contiguous and vectorizes them
-            src = n64 * sx_n + q.to(tl.int64)[:, None] * sx_p + c64 * sx_c
+            src, mask = _tile(n, offs_c, q0, end, C, sx_n, sx_c, sx_p, BLOCK_P)
             res = src
             out = src
         else:  # output position q -> (row, col) of the padded output -> reflected source (h, w)
+            q = q0 + tl.arange(0, BLOCK_P)
+            mask = (q < end)[:, None] & (offs_c < C)[None, :]
             row = q // W_OUT
             col = q - row * W_OUT
             h = _reflect(row, H, PAD).to(tl.int64)[:, None]
@@ -397,12 +397,12 @@ def instance_norm_forward(
     out = plan(n, c, y.shape[2] * y.shape[3], channels_last, x.device, split)
     part_mean = torch.empty((n, c, cfg.split), device=x.device, dtype=torch.float32)
     part_m2 = torch.empty_like(part_mean)
+    strides = plane_strides(x)
     _in_fwd_stats_kernel[cfg.grid(n, c)](
-        x, part_mean, part_m2, p, c, cfg.chunk, cfg.split, *plane_strides(x),
+        x, part_mean, part_m2, p, c, cfg.chunk, cfg.split, *strides,
         BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
     )  # fmt: skip
     r = x if residual is None else residual
-    strides = plane_strides(x)
     flat = pad == 0 and r.stride() == x.stride() == y.stride()
     _in_fwd_apply_kernel[out.grid(n, c)](
         x, r, y, part_mean, part_m2, mean, rstd, h, w, c, cfg.chunk, cfg.split, out.chunk, eps,
