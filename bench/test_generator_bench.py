@@ -16,9 +16,8 @@ from fcg_matrix import blocks_for, matrix
 
 from fastcyclegan import Generator
 from fastcyclegan.backends import DTYPES, build_backend, unavailable_reason
-from fastcyclegan.measure import generator_gflop, parity, synchronize
+from fastcyclegan.measure import GENERATOR_SUITE, generator_gflop, parity, synchronize
 
-SUITE = "fastcyclegan.generator"
 WARMUP_CALLS = 3
 
 
@@ -86,7 +85,7 @@ def test_generator(benchmark, case, fcg, device_info):
     benchmark.pedantic(forward, rounds=fcg["rounds"], iterations=1, warmup_rounds=0)
     gflop = generator_gflop(size, blocks_for(size), ngf)
     info = {
-        "suite": SUITE,
+        "suite": GENERATOR_SUITE,
         "backend": backend_name,
         "size": size,
         "num_blocks": blocks_for(size),

@@ -13,9 +13,8 @@ from fcg_matrix import matrix
 
 from fastcyclegan import ops
 from fastcyclegan.backends import DTYPES
-from fastcyclegan.measure import parity, synchronize
+from fastcyclegan.measure import KERNEL_SUITE, parity, synchronize
 
-SUITE = "fastcyclegan.kernel"
 VARIANTS = ("fused", "eager_nchw", "eager_cl", "compiled_cl")
 
 
@@ -69,8 +68,9 @@ def test_instance_norm_relu(benchmark, kernel_case, fcg, device_info):
     benchmark.pedantic(run, rounds=max(fcg["rounds"], 1), iterations=1, warmup_rounds=2)
     moved = 2 * x.numel() * x.element_size()
     impl = ("triton" if ops.use_triton(x) else "pytorch fallback") if name == "fused" else "aten"
-    info = {"suite": SUITE, "variant": name, "impl": impl, "shape": "x".join(map(str, shape)), "dtype": dtype_name,
-            "bytes": moved, "parity_err": err, "parity_ref_err": ref_err, **device_info}  # fmt: skip
+    info = {"suite": KERNEL_SUITE, "variant": name, "impl": impl, "shape": "x".join(map(str, shape)),
+            "dtype": dtype_name, "bytes": moved, "parity_err": err, "parity_ref_err": ref_err,
+            **device_info}  # fmt: skip
     if benchmark.stats is not None:
         median = benchmark.stats.stats.median
         info.update(

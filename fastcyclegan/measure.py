@@ -12,6 +12,10 @@ from torch import Tensor
 
 from .reference import Generator
 
+# The `suite` tag in every result's extra_info: the benchmarks write it, the report reads only these results.
+GENERATOR_SUITE = "fastcyclegan.generator"
+KERNEL_SUITE = "fastcyclegan.kernel"
+
 # A backend passes parity when its RMS error against the float64 reference is at most this many times the
 # error of the eager reference module run in the same dtype (plus a floor for fp32 round-off).
 PARITY_SLACK = 1.5

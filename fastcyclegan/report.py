@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-GENERATOR_SUITE = "fastcyclegan.generator"
-KERNEL_SUITE = "fastcyclegan.kernel"
+from .measure import GENERATOR_SUITE, KERNEL_SUITE
+
 KEY = ["device", "size", "batch", "dtype"]
 CSV_COLUMNS = KEY[:1] + ["backend"] + KEY[1:] + [
     "img_per_s", "ms_per_batch", "compile_s", "parity_err", "speedup_vs_eager",
