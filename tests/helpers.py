@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastcyclegan.measure import rms_error as rms  # noqa: F401  (the benchmarks' parity measure, re-exported)
+
 # (atol, rtol) against a float64 reference, for every dtype and every comparison in this suite.
 TOLERANCE = {
     torch.float32: (2e-5, 1e-5),
@@ -37,10 +39,6 @@ def reference_instance_norm(x, residual=None, relu=False, eps=1e-5, pad=0):
 
 def to_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-
-def rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.double() - b.double()).pow(2).mean().sqrt().item()
 
 
 class PublicResnetBlock(nn.Module):
