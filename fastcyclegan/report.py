@@ -118,7 +118,7 @@ def to_markdown(gen: pd.DataFrame, kernel: pd.DataFrame | None = None) -> str:
     """One row per (device, size, batch, dtype), one column per backend: img/s and speedup against eager."""
     parts = []
     if not gen.empty:
-        backends = [b for b in _backend_order(gen.backend.unique())]
+        backends = _backend_order(gen.backend.unique())
         rows = []
         for key, group in gen.groupby(KEY, sort=True):
             by_backend = group.set_index("backend")
