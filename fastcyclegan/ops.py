@@ -134,8 +134,11 @@ def _instance_norm(
     if use_triton(x):
         from .kernels import instance_norm_forward
 
-        return instance_norm_forward(x, residual, relu, eps, pad)
-    return _torch_forward(x, residual, relu, eps, pad)
+        y = padded_empty(x, pad)
+        mean, rstd = instance_norm_forward(x, residual, y, relu=relu, eps=eps)
+        return y, mean, rstd
+    with torch.autocast(x.device.type, enabled=False):  # outputs in x's dtype, as the fake impl promises
+        return _torch_forward(x, residual, relu, eps, pad)
 
 
 @_instance_norm.register_fake
@@ -152,8 +155,9 @@ def _instance_norm_backward(dz: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, r
     if use_triton(x):
         from .kernels import instance_norm_backward
 
-        return instance_norm_backward(dz, x, mean, rstd, relu)
-    return _torch_backward(dz, x, mean, rstd, relu)
+        return instance_norm_backward(dz, x, mean, rstd, relu=relu)
+    with torch.autocast(x.device.type, enabled=False):
+        return _torch_backward(dz, x, mean, rstd, relu)
 
 
 @_instance_norm_backward.register_fake

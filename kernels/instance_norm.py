@@ -10,18 +10,20 @@ Every (image n, channel c) plane of x (N, C, H, W) is normalized over its P = H 
 
 All statistics are fp32 whatever the storage dtype (fp32, fp16, bf16). The variance is never E[x^2] - E[x]^2:
 every register lane runs Welford's update over the positions it visits, and the lanes, then the chunks, are
-merged by Chan et al.'s parallel formula. The forward accumulates x - x[n, c, 0] rather than x, so activations with
-|mean| >> std keep their digits in the sums too (1e4 +- 1 in fp32: 1e-6 error instead of 1e-2).
+merged by Chan et al.'s parallel formula. The forward accumulates x - x[n, c, 0] rather than x, so activations
+with |mean| >> std keep their digits in the sums too (1e4 +- 1 in fp32: 1e-6 error instead of 1e-2).
 
 The tensors are addressed as (N, C, P) through three strides, so channels-last (stride_c == 1) and NCHW
 (stride_p == 1) run through the same kernels. The forward can write its output straight into a reflection-
 padded buffer (PAD > 0) that the next 3x3 or 7x7 conv reads, which saves the separate padding pass; it then
 walks the padded output and reads each position's reflected source, and the residual may be any strided view
-(the interior of the previous padded output). A plane's P positions are cut into SPLIT chunks, so that a
+(the interior of the previous padded output). A plane's P positions are cut into `split` chunks, so that a
 batch of one still gives every SM work: pass 1 writes one partial per (n, c, chunk), pass 2 combines the
-partials of its plane (cheap: SPLIT values) and then transforms its own chunk.
+partials of its plane (cheap: `split` values) and then transforms its own chunk.
 
-Order of this file: forward kernels, backward kernels, launch planning, launchers.
+Names: pointers end in `_ptr`, sizes and strides are lower case, upper case is for `tl.constexpr` only.
+This file imports torch and triton only: the caller (fastcyclegan.ops) checks inputs and allocates outputs.
+Order: shared helpers, forward kernels, backward kernels, launch planning, launchers.
 """
 
 from __future__ import annotations
@@ -33,35 +35,33 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import padded_empty
-
 # ----------------------------------------------------------------------------------------------------------
 # helpers shared by the kernels
 
 
 @triton.jit
-def _program_plane(C, BLOCK_C: tl.constexpr):
+def _program_plane(n_channels, BLOCK_C: tl.constexpr):
     """Program axis 0 enumerates (image, channel block); returns n and the channel offsets [BLOCK_C]."""
     pid = tl.program_id(0)
-    num_cb = tl.cdiv(C, BLOCK_C)
+    num_cb = tl.cdiv(n_channels, BLOCK_C)
     n = pid // num_cb
     offs_c = (pid % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
     return n, offs_c
 
 
 @triton.jit
-def _program_chunk(P, CHUNK):
+def _program_chunk(n_pos, chunk):
     """Program axis 1 enumerates the chunks of a plane; returns s and its positions [start, end)."""
     s = tl.program_id(1)
-    start = s * CHUNK
-    return s, start, tl.minimum(start + CHUNK, P)
+    start = s * chunk
+    return s, start, tl.minimum(start + chunk, n_pos)
 
 
 @triton.jit
-def _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P: tl.constexpr):
+def _tile(n, offs_c, p0, end, n_channels, stride_n, stride_c, stride_p, BLOCK_P: tl.constexpr):
     """Offsets and mask of the [BLOCK_P, BLOCK_C] tile of positions p0 .. p0 + BLOCK_P (clipped at end)."""
     offs_p = p0 + tl.arange(0, BLOCK_P)
-    mask = (offs_p < end)[:, None] & (offs_c < C)[None, :]
+    mask = (offs_p < end)[:, None] & (offs_c < n_channels)[None, :]
     offsets = (
         n.to(tl.int64) * stride_n + offs_p.to(tl.int64)[:, None] * stride_p + offs_c.to(tl.int64)[None, :] * stride_c
     )
@@ -69,39 +69,38 @@ def _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P: tl.const
 
 
 @triton.jit
-def _plane_shift(X, n, offs_c, C, stride_n, stride_c):
+def _plane_shift(x_ptr, n, offs_c, n_channels, stride_n, stride_c):
     """x[n, c, 0] in fp32 [BLOCK_C]: statistics of x - shift keep their digits when |mean| >> std."""
-    return tl.load(X + n.to(tl.int64) * stride_n + offs_c.to(tl.int64) * stride_c, mask=offs_c < C, other=0.0).to(
-        tl.float32
-    )
+    offsets = n.to(tl.int64) * stride_n + offs_c.to(tl.int64) * stride_c
+    return tl.load(x_ptr + offsets, mask=offs_c < n_channels, other=0.0).to(tl.float32)
 
 
 @triton.jit
-def _saved_stats(MEAN, RSTD, n, offs_c, C):
+def _saved_stats(mean_ptr, rstd_ptr, n, offs_c, n_channels):
     """(index into the (N, C) buffers, mean, rstd) of the planes (n, offs_c), as saved by the forward."""
-    stats = n.to(tl.int64) * C + offs_c
-    mean = tl.load(MEAN + stats, mask=offs_c < C, other=0.0)
-    rstd = tl.load(RSTD + stats, mask=offs_c < C, other=0.0)
+    stats = n.to(tl.int64) * n_channels + offs_c
+    mean = tl.load(mean_ptr + stats, mask=offs_c < n_channels, other=0.0)
+    rstd = tl.load(rstd_ptr + stats, mask=offs_c < n_channels, other=0.0)
     return stats, mean, rstd
 
 
 @triton.jit
-def _xhat_and_g(X, DY, offsets, mask, mean, rstd, RELU: tl.constexpr):
+def _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, RELU: tl.constexpr):
     """The tile's normalized input and the gradient reaching the norm (dy through relu's mask) in fp32."""
-    xhat = (tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32) - mean[None, :]) * rstd[None, :]
-    g = tl.load(DY + offsets, mask=mask, other=0.0).to(tl.float32)
+    xhat = (tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32) - mean[None, :]) * rstd[None, :]
+    g = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if RELU:
         g = tl.where(xhat > 0.0, g, 0.0)
     return xhat, g
 
 
 @triton.jit
-def _partials(PART, n, offs_c, C, SPLIT, SPLIT_BLOCK: tl.constexpr):
-    """The [SPLIT_BLOCK, BLOCK_C] partials of the planes (n, offs_c) from a (N, C, SPLIT) fp32 buffer."""
+def _partials(part_ptr, n, offs_c, n_channels, split, SPLIT_BLOCK: tl.constexpr):
+    """The [SPLIT_BLOCK, BLOCK_C] partials of the planes (n, offs_c) from a (N, C, split) fp32 buffer."""
     offs_s = tl.arange(0, SPLIT_BLOCK)
-    mask = (offs_s < SPLIT)[:, None] & (offs_c < C)[None, :]
-    index = (n.to(tl.int64) * C + offs_c[None, :]) * SPLIT + offs_s[:, None]
-    return tl.load(PART + index, mask=mask, other=0.0)
+    mask = (offs_s < split)[:, None] & (offs_c < n_channels)[None, :]
+    index = (n.to(tl.int64) * n_channels + offs_c[None, :]) * split + offs_s[:, None]
+    return tl.load(part_ptr + index, mask=mask, other=0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -110,31 +109,31 @@ def _partials(PART, n, offs_c, C, SPLIT, SPLIT_BLOCK: tl.constexpr):
 
 @triton.jit
 def _in_fwd_stats_kernel(
-    X,  # pointer to the input, (N, C, P) through the strides
-    PART_MEAN,  # pointer to fp32 (N, C, SPLIT): mean of each chunk, minus the plane's shift x[n, c, 0]
-    PART_M2,  # pointer to fp32 (N, C, SPLIT): centred sum of squares of each chunk
-    P,  # positions per plane (H * W)
-    C,  # channels
-    CHUNK,  # positions per chunk, a multiple of BLOCK_P; chunk s covers [s * CHUNK, min((s + 1) * CHUNK, P))
-    SPLIT,  # chunks per plane (program axis 1)
+    x_ptr,  # the input, (N, C, P) through the strides
+    part_mean_ptr,  # fp32 (N, C, split): mean of each chunk, minus the plane's shift x[n, c, 0]
+    part_m2_ptr,  # fp32 (N, C, split): centred sum of squares of each chunk
+    n_pos,  # positions per plane, P = H * W
+    n_channels,  # C
+    chunk,  # positions per chunk, a multiple of BLOCK_P; chunk s covers [s * chunk, min((s + 1) * chunk, P))
+    split,  # chunks per plane (program axis 1)
     stride_n,
     stride_c,
     stride_p,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    n, offs_c = _program_plane(C, BLOCK_C)
-    s, start, end = _program_chunk(P, CHUNK)
-    shift = _plane_shift(X, n, offs_c, C, stride_n, stride_c)
-    # Welford per register lane: every (row, channel) lane of the tile keeps its own running (count, mean,
-    # m2) with elementwise updates only; the rows are merged once, after the loop (Chan et al.). A
-    # cross-thread reduction per tile would stall the loads (measured: 56 us for a 43 MB read on an H200).
+    n, offs_c = _program_plane(n_channels, BLOCK_C)
+    s, start, end = _program_chunk(n_pos, chunk)
+    shift = _plane_shift(x_ptr, n, offs_c, n_channels, stride_n, stride_c)
+    # Welford per register lane: every (row, channel) lane of the tile keeps its own running (count, mean, m2)
+    # with elementwise updates only; the rows are merged once, after the loop (Chan et al.). A cross-thread
+    # reduction per tile would stall the loads (bench/results/TUNING.md, step 1).
     count = tl.zeros([BLOCK_P, 1], dtype=tl.float32)  # the same for every channel of a row
     mean = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for p0 in range(start, end, BLOCK_P):
-        offsets, mask = _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P)
-        x = tl.load(X + offsets, mask=mask, other=0.0).to(tl.float32) - shift[None, :]
+        offsets, mask = _tile(n, offs_c, p0, end, n_channels, stride_n, stride_c, stride_p, BLOCK_P)
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32) - shift[None, :]
         row_valid = (p0 + tl.arange(0, BLOCK_P) < end)[:, None]
         count += row_valid.to(tl.float32)
         delta = tl.where(row_valid, x - mean, 0.0)
@@ -144,9 +143,9 @@ def _in_fwd_stats_kernel(
     chunk_mean = tl.sum(mean * count, axis=0) / total
     spread = mean - chunk_mean[None, :]
     chunk_m2 = tl.sum(m2 + count * spread * spread, axis=0)
-    index = (n.to(tl.int64) * C + offs_c) * SPLIT + s
-    tl.store(PART_MEAN + index, chunk_mean, mask=offs_c < C)
-    tl.store(PART_M2 + index, chunk_m2, mask=offs_c < C)
+    index = (n.to(tl.int64) * n_channels + offs_c) * split + s
+    tl.store(part_mean_ptr + index, chunk_mean, mask=offs_c < n_channels)
+    tl.store(part_m2_ptr + index, chunk_m2, mask=offs_c < n_channels)
 
 
 @triton.jit
@@ -159,75 +158,89 @@ def _reflect(i, size, PAD: tl.constexpr):
 
 @triton.jit
 def _in_fwd_apply_kernel(
-    X,  # pointer to the input (N, C, H, W), strides sx_*
-    R,  # pointer to the residual (N, C, H, W), strides sr_* (read only when HAS_RESIDUAL)
-    Y,  # pointer to the output (N, C, H + 2 PAD, W + 2 PAD), strides sy_*
-    PART_MEAN,  # pointer to fp32 (N, C, SPLIT), from the stats kernel
-    PART_M2,  # pointer to fp32 (N, C, SPLIT), from the stats kernel
-    MEAN,  # pointer to fp32 (N, C): the plane means, saved for the backward
-    RSTD,  # pointer to fp32 (N, C): 1 / sqrt(var + eps), saved for the backward
-    H,
-    W,
-    C,
-    CHUNK,  # the stats kernel's positions per chunk (to weigh its partials)
-    SPLIT,  # the stats kernel's chunks per plane
-    OUT_CHUNK,  # output positions per program of this kernel (a multiple of BLOCK_P)
+    x_ptr,  # the input (N, C, H, W), strides x_stride_*
+    res_ptr,  # the residual (N, C, H, W), strides res_stride_* (read only when HAS_RESIDUAL)
+    y_ptr,  # the output (N, C, H + 2 PAD, W + 2 PAD), strides y_stride_*
+    part_mean_ptr,  # fp32 (N, C, split), from the stats kernel
+    part_m2_ptr,  # fp32 (N, C, split), from the stats kernel
+    mean_ptr,  # fp32 (N, C): the plane means, saved for the backward
+    rstd_ptr,  # fp32 (N, C): 1 / sqrt(var + eps), saved for the backward
+    height,
+    width,
+    n_channels,
+    chunk,  # the stats kernel's positions per chunk (to weigh its partials)
+    split,  # the stats kernel's chunks per plane
+    out_chunk,  # output positions per program of this kernel (a multiple of BLOCK_P)
     eps,
-    sx_n, sx_c, sx_h, sx_w,
-    sr_n, sr_c, sr_h, sr_w,
-    sy_n, sy_c, sy_h, sy_w,
-    sx_p,  # stride of x's collapsed H*W axis (used when FLAT)
+    x_stride_n,
+    x_stride_c,
+    x_stride_h,
+    x_stride_w,
+    x_stride_p,  # stride of x's collapsed H*W axis (used when FLAT)
+    res_stride_n,
+    res_stride_c,
+    res_stride_h,
+    res_stride_w,
+    y_stride_n,
+    y_stride_c,
+    y_stride_h,
+    y_stride_w,
     PAD: tl.constexpr,  # reflection padding written around the output (0: none)
-    FLAT: tl.constexpr,  # no padding and R, Y share x's strides: address positions as one axis
+    FLAT: tl.constexpr,  # no padding and the residual and y share x's strides: address positions as one axis
     RELU: tl.constexpr,  # apply max(., 0) after the norm (NaN stays NaN)
-    HAS_RESIDUAL: tl.constexpr,  # add R after the norm (and the ReLU)
-    SPLIT_BLOCK: tl.constexpr,  # next power of two >= SPLIT
+    HAS_RESIDUAL: tl.constexpr,  # add the residual after the norm (and the ReLU)
+    SPLIT_BLOCK: tl.constexpr,  # next power of two >= split
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
-):  # fmt: skip
-    n, offs_c = _program_plane(C, BLOCK_C)
-    W_OUT = W + 2 * PAD
-    s, start, end = _program_chunk((H + 2 * PAD) * W_OUT, OUT_CHUNK)
-    P = H * W
+):
+    n, offs_c = _program_plane(n_channels, BLOCK_C)
+    width_out = width + 2 * PAD
+    s, start, end = _program_chunk((height + 2 * PAD) * width_out, out_chunk)
+    n_pos = height * width
     # Combine the chunks' (count, mean, m2) exactly: mean = sum(n_s mean_s) / P, m2 = sum(m2_s + n_s d_s^2).
     # All of them are relative to the plane's shift, and so is `mean` until it is stored.
-    shift = _plane_shift(X, n, offs_c, C, sx_n, sx_c)
-    part_mean = _partials(PART_MEAN, n, offs_c, C, SPLIT, SPLIT_BLOCK)
-    part_m2 = _partials(PART_M2, n, offs_c, C, SPLIT, SPLIT_BLOCK)
-    chunk_start = tl.arange(0, SPLIT_BLOCK) * CHUNK
-    part_count = tl.minimum(tl.maximum(P - chunk_start, 0), CHUNK).to(tl.float32)[:, None]
-    mean = tl.sum(part_count * part_mean, axis=0) / P
+    shift = _plane_shift(x_ptr, n, offs_c, n_channels, x_stride_n, x_stride_c)
+    part_mean = _partials(part_mean_ptr, n, offs_c, n_channels, split, SPLIT_BLOCK)
+    part_m2 = _partials(part_m2_ptr, n, offs_c, n_channels, split, SPLIT_BLOCK)
+    chunk_start = tl.arange(0, SPLIT_BLOCK) * chunk
+    part_count = tl.minimum(tl.maximum(n_pos - chunk_start, 0), chunk).to(tl.float32)[:, None]
+    mean = tl.sum(part_count * part_mean, axis=0) / n_pos
     delta = tl.where(part_count > 0, part_mean - mean[None, :], 0.0)
-    var = tl.sum(part_m2 + part_count * delta * delta, axis=0) / P
+    var = tl.sum(part_m2 + part_count * delta * delta, axis=0) / n_pos
     rstd = 1.0 / tl.sqrt(var + eps)
     if s == 0:
-        stats = n.to(tl.int64) * C + offs_c
-        tl.store(MEAN + stats, shift + mean, mask=offs_c < C)
-        tl.store(RSTD + stats, rstd, mask=offs_c < C)
+        stats = n.to(tl.int64) * n_channels + offs_c
+        tl.store(mean_ptr + stats, shift + mean, mask=offs_c < n_channels)
+        tl.store(rstd_ptr + stats, rstd, mask=offs_c < n_channels)
     c64 = offs_c.to(tl.int64)[None, :]
     n64 = n.to(tl.int64)
     for q0 in range(start, end, BLOCK_P):
         if FLAT:  # one multiply per position: the compiler sees NCHW rows as contiguous and vectorizes them
-            src, mask = _tile(n, offs_c, q0, end, C, sx_n, sx_c, sx_p, BLOCK_P)
+            src, mask = _tile(n, offs_c, q0, end, n_channels, x_stride_n, x_stride_c, x_stride_p, BLOCK_P)
             res = src
             out = src
         else:  # output position q -> (row, col) of the padded output -> reflected source (h, w)
             q = q0 + tl.arange(0, BLOCK_P)
-            mask = (q < end)[:, None] & (offs_c < C)[None, :]
-            row = q // W_OUT
-            col = q - row * W_OUT
-            h = _reflect(row, H, PAD).to(tl.int64)[:, None]
-            w = _reflect(col, W, PAD).to(tl.int64)[:, None]
-            src = n64 * sx_n + h * sx_h + w * sx_w + c64 * sx_c
-            res = n64 * sr_n + h * sr_h + w * sr_w + c64 * sr_c
-            out = n64 * sy_n + row.to(tl.int64)[:, None] * sy_h + col.to(tl.int64)[:, None] * sy_w + c64 * sy_c
-        x = tl.load(X + src, mask=mask, other=0.0).to(tl.float32)
+            mask = (q < end)[:, None] & (offs_c < n_channels)[None, :]
+            row = q // width_out
+            col = q - row * width_out
+            h = _reflect(row, height, PAD).to(tl.int64)[:, None]
+            w = _reflect(col, width, PAD).to(tl.int64)[:, None]
+            src = n64 * x_stride_n + h * x_stride_h + w * x_stride_w + c64 * x_stride_c
+            res = n64 * res_stride_n + h * res_stride_h + w * res_stride_w + c64 * res_stride_c
+            out = (
+                n64 * y_stride_n
+                + row.to(tl.int64)[:, None] * y_stride_h
+                + col.to(tl.int64)[:, None] * y_stride_w
+                + c64 * y_stride_c
+            )
+        x = tl.load(x_ptr + src, mask=mask, other=0.0).to(tl.float32)
         y = ((x - shift[None, :]) - mean[None, :]) * rstd[None, :]
         if RELU:
             y = tl.where(y < 0.0, 0.0, y)
         if HAS_RESIDUAL:
-            y += tl.load(R + res, mask=mask, other=0.0).to(tl.float32)
-        tl.store(Y + out, y.to(Y.dtype.element_ty), mask=mask)
+            y += tl.load(res_ptr + res, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -236,16 +249,16 @@ def _in_fwd_apply_kernel(
 
 @triton.jit
 def _in_bwd_reduce_kernel(
-    DY,  # pointer to the output gradient, same strides as X
-    X,  # pointer to the forward input, (N, C, P) through the strides
-    MEAN,  # pointer to fp32 (N, C), saved by the forward
-    RSTD,  # pointer to fp32 (N, C), saved by the forward
-    PART_G,  # pointer to fp32 (N, C, SPLIT): sum of g over each chunk
-    PART_GX,  # pointer to fp32 (N, C, SPLIT): sum of g * xhat over each chunk
-    P,
-    C,
-    CHUNK,
-    SPLIT,
+    dy_ptr,  # the output gradient, same strides as x
+    x_ptr,  # the forward input, (N, C, P) through the strides
+    mean_ptr,  # fp32 (N, C), saved by the forward
+    rstd_ptr,  # fp32 (N, C), saved by the forward
+    part_g_ptr,  # fp32 (N, C, split): sum of g over each chunk
+    part_gx_ptr,  # fp32 (N, C, split): sum of g * xhat over each chunk
+    n_pos,
+    n_channels,
+    chunk,
+    split,
     stride_n,
     stride_c,
     stride_p,
@@ -253,34 +266,34 @@ def _in_bwd_reduce_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    n, offs_c = _program_plane(C, BLOCK_C)
-    s, start, end = _program_chunk(P, CHUNK)
-    stats, mean, rstd = _saved_stats(MEAN, RSTD, n, offs_c, C)
+    n, offs_c = _program_plane(n_channels, BLOCK_C)
+    s, start, end = _program_chunk(n_pos, chunk)
+    stats, mean, rstd = _saved_stats(mean_ptr, rstd_ptr, n, offs_c, n_channels)
     sum_g = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)  # per lane, reduced once after the loop
     sum_gx = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for p0 in range(start, end, BLOCK_P):
-        offsets, mask = _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P)
-        xhat, g = _xhat_and_g(X, DY, offsets, mask, mean, rstd, RELU)
+        offsets, mask = _tile(n, offs_c, p0, end, n_channels, stride_n, stride_c, stride_p, BLOCK_P)
+        xhat, g = _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, RELU)
         sum_g += g
         sum_gx += g * xhat
-    index = stats * SPLIT + s
-    tl.store(PART_G + index, tl.sum(sum_g, axis=0), mask=offs_c < C)
-    tl.store(PART_GX + index, tl.sum(sum_gx, axis=0), mask=offs_c < C)
+    index = stats * split + s
+    tl.store(part_g_ptr + index, tl.sum(sum_g, axis=0), mask=offs_c < n_channels)
+    tl.store(part_gx_ptr + index, tl.sum(sum_gx, axis=0), mask=offs_c < n_channels)
 
 
 @triton.jit
 def _in_bwd_apply_kernel(
-    DY,  # pointer to the output gradient, same strides as X
-    X,  # pointer to the forward input
-    DX,  # pointer to the input gradient, same strides as X
-    MEAN,  # pointer to fp32 (N, C)
-    RSTD,  # pointer to fp32 (N, C)
-    PART_G,  # pointer to fp32 (N, C, SPLIT), from the reduce kernel
-    PART_GX,  # pointer to fp32 (N, C, SPLIT), from the reduce kernel
-    P,
-    C,
-    CHUNK,
-    SPLIT,
+    dy_ptr,  # the output gradient, same strides as x
+    x_ptr,  # the forward input
+    dx_ptr,  # the input gradient, same strides as x
+    mean_ptr,  # fp32 (N, C)
+    rstd_ptr,  # fp32 (N, C)
+    part_g_ptr,  # fp32 (N, C, split), from the reduce kernel
+    part_gx_ptr,  # fp32 (N, C, split), from the reduce kernel
+    n_pos,
+    n_channels,
+    chunk,
+    split,
     stride_n,
     stride_c,
     stride_p,
@@ -289,16 +302,16 @@ def _in_bwd_apply_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    n, offs_c = _program_plane(C, BLOCK_C)
-    s, start, end = _program_chunk(P, CHUNK)
-    _, mean, rstd = _saved_stats(MEAN, RSTD, n, offs_c, C)
-    mean_g = tl.sum(_partials(PART_G, n, offs_c, C, SPLIT, SPLIT_BLOCK), axis=0) / P
-    mean_gx = tl.sum(_partials(PART_GX, n, offs_c, C, SPLIT, SPLIT_BLOCK), axis=0) / P
+    n, offs_c = _program_plane(n_channels, BLOCK_C)
+    s, start, end = _program_chunk(n_pos, chunk)
+    _, mean, rstd = _saved_stats(mean_ptr, rstd_ptr, n, offs_c, n_channels)
+    mean_g = tl.sum(_partials(part_g_ptr, n, offs_c, n_channels, split, SPLIT_BLOCK), axis=0) / n_pos
+    mean_gx = tl.sum(_partials(part_gx_ptr, n, offs_c, n_channels, split, SPLIT_BLOCK), axis=0) / n_pos
     for p0 in range(start, end, BLOCK_P):
-        offsets, mask = _tile(n, offs_c, p0, end, C, stride_n, stride_c, stride_p, BLOCK_P)
-        xhat, g = _xhat_and_g(X, DY, offsets, mask, mean, rstd, RELU)
+        offsets, mask = _tile(n, offs_c, p0, end, n_channels, stride_n, stride_c, stride_p, BLOCK_P)
+        xhat, g = _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, RELU)
         dx = rstd[None, :] * (g - mean_g[None, :] - xhat * mean_gx[None, :])
-        tl.store(DX + offsets, dx.to(DX.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -314,10 +327,10 @@ _MIN_BLOCK_C = 16  # 16 bf16 channels = one 32-byte sector per position
 
 @dataclass(frozen=True)
 class Plan:
-    block_p: int
-    block_c: int
-    split: int
-    chunk: int
+    block_p: int  # positions per tile
+    block_c: int  # channels per tile (and per program)
+    split: int  # chunks per plane
+    chunk: int  # positions per chunk, a multiple of block_p
     num_warps: int
 
     def grid(self, n: int, c: int) -> tuple[int, int]:
@@ -341,23 +354,25 @@ def plan(
     block_c = min(64, max(4, triton.next_power_of_2(c))) if channels_last else min(4, triton.next_power_of_2(c))
     wanted = _PROGRAMS_PER_SM * (sms or _sm_count(device))
 
-    def shape(block_c):
+    def tiles_of(block_c: int) -> tuple[int, int]:
+        """(block_p, tiles per plane) for a channel block."""
         block_p = max(16, min(_TILE_ELEMENTS // block_c, triton.next_power_of_2(p)))
         return block_p, triton.cdiv(p, block_p)
 
-    def programs(block_c, tiles):
+    def programs_at(block_c: int, tiles: int) -> int:
+        """Programs in the grid when every plane is split as far as the cap allows."""
         return n * triton.cdiv(c, block_c) * min(tiles, _MAX_SPLIT)
 
-    block_p, tiles = shape(block_c)
+    block_p, tiles = tiles_of(block_c)
     # Few, large planes (batch 1): narrower channel blocks give more programs once the split is capped.
-    while channels_last and block_c > _MIN_BLOCK_C and programs(block_c, tiles) < wanted:
-        narrower = shape(block_c // 2)
-        if programs(block_c // 2, narrower[1]) <= programs(block_c, tiles):
+    while channels_last and block_c > _MIN_BLOCK_C and programs_at(block_c, tiles) < wanted:
+        narrower = tiles_of(block_c // 2)
+        if programs_at(block_c // 2, narrower[1]) <= programs_at(block_c, tiles):
             break
         block_c, (block_p, tiles) = block_c // 2, narrower
     if split is None:
-        programs = n * triton.cdiv(c, block_c)
-        split = triton.cdiv(wanted, programs) if programs < wanted else 1
+        plane_programs = n * triton.cdiv(c, block_c)
+        split = triton.cdiv(wanted, plane_programs) if plane_programs < wanted else 1
     split = max(1, min(split, tiles, _MAX_SPLIT))
     chunk = triton.cdiv(tiles, split) * block_p
     split = triton.cdiv(p, chunk)  # no empty chunks
@@ -371,6 +386,10 @@ def plane_strides(x: torch.Tensor) -> tuple[int, int, int]:
     return x.view(n, c, h * w).stride()
 
 
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.stride(1) == 1 and x.shape[1] > 1
+
+
 # ----------------------------------------------------------------------------------------------------------
 # launchers: x and dy must share one (N, C, P)-collapsible layout; fastcyclegan.ops ensures it.
 
@@ -378,40 +397,81 @@ def plane_strides(x: torch.Tensor) -> tuple[int, int, int]:
 def instance_norm_forward(
     x: torch.Tensor,
     residual: torch.Tensor | None,
+    out: torch.Tensor,
+    *,
     relu: bool,
     eps: float,
-    pad: int = 0,
     split: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """y = act(IN(x)) (+ residual), reflection-padded by `pad`, in x's dtype and memory format, and the fp32
-    (N, C) mean and rstd. x must be (N, C, P)-collapsible; the residual may have any strides."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Writes act(IN(x)) (+ residual) into `out`, reflection-padded by (out's H - x's H) / 2, and returns the
+    fp32 (N, C) mean and rstd. x: (N, C, H, W), (N, C, P)-collapsible; residual: x's shape, any strides;
+    out: (N, C, H + 2 pad, W + 2 pad) in x's dtype, any strides. `split` forces the chunks per plane."""
     n, c, h, w = x.shape
-    p = h * w
-    y = padded_empty(x, pad)
+    pad = (out.shape[2] - h) // 2
     mean = torch.empty((n, c), device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     if x.numel() == 0:
-        return y, mean, rstd
-    channels_last = x.stride(1) == 1 and c > 1
-    cfg = plan(n, c, p, channels_last, x.device, split)
-    out = plan(n, c, y.shape[2] * y.shape[3], channels_last, x.device, split)
-    part_mean = torch.empty((n, c, cfg.split), device=x.device, dtype=torch.float32)
+        return mean, rstd
+    channels_last = _is_channels_last(x)
+    stats_plan = plan(n, c, h * w, channels_last, x.device, split)
+    out_plan = plan(n, c, out.shape[2] * out.shape[3], channels_last, x.device, split)
+    part_mean = torch.empty((n, c, stats_plan.split), device=x.device, dtype=torch.float32)
     part_m2 = torch.empty_like(part_mean)
-    strides = plane_strides(x)
-    _in_fwd_stats_kernel[cfg.grid(n, c)](
-        x, part_mean, part_m2, p, c, cfg.chunk, cfg.split, *strides,
-        BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
-    )  # fmt: skip
-    r = x if residual is None else residual
-    flat = pad == 0 and r.stride() == x.stride() == y.stride()
-    _in_fwd_apply_kernel[out.grid(n, c)](
-        x, r, y, part_mean, part_m2, mean, rstd, h, w, c, cfg.chunk, cfg.split, out.chunk, eps,
-        *x.stride(), *r.stride(), *y.stride(), strides[2],
-        PAD=pad, FLAT=flat, RELU=relu, HAS_RESIDUAL=residual is not None,
-        SPLIT_BLOCK=triton.next_power_of_2(cfg.split),
-        BLOCK_P=out.block_p, BLOCK_C=out.block_c, num_warps=out.num_warps,
-    )  # fmt: skip
-    return y, mean, rstd
+    stride_n, stride_c, stride_p = plane_strides(x)
+    _in_fwd_stats_kernel[stats_plan.grid(n, c)](
+        x_ptr=x,
+        part_mean_ptr=part_mean,
+        part_m2_ptr=part_m2,
+        n_pos=h * w,
+        n_channels=c,
+        chunk=stats_plan.chunk,
+        split=stats_plan.split,
+        stride_n=stride_n,
+        stride_c=stride_c,
+        stride_p=stride_p,
+        BLOCK_P=stats_plan.block_p,
+        BLOCK_C=stats_plan.block_c,
+        num_warps=stats_plan.num_warps,
+    )
+    res = x if residual is None else residual  # a valid pointer even when HAS_RESIDUAL is off
+    _in_fwd_apply_kernel[out_plan.grid(n, c)](
+        x_ptr=x,
+        res_ptr=res,
+        y_ptr=out,
+        part_mean_ptr=part_mean,
+        part_m2_ptr=part_m2,
+        mean_ptr=mean,
+        rstd_ptr=rstd,
+        height=h,
+        width=w,
+        n_channels=c,
+        chunk=stats_plan.chunk,
+        split=stats_plan.split,
+        out_chunk=out_plan.chunk,
+        eps=eps,
+        x_stride_n=x.stride(0),
+        x_stride_c=x.stride(1),
+        x_stride_h=x.stride(2),
+        x_stride_w=x.stride(3),
+        x_stride_p=stride_p,
+        res_stride_n=res.stride(0),
+        res_stride_c=res.stride(1),
+        res_stride_h=res.stride(2),
+        res_stride_w=res.stride(3),
+        y_stride_n=out.stride(0),
+        y_stride_c=out.stride(1),
+        y_stride_h=out.stride(2),
+        y_stride_w=out.stride(3),
+        PAD=pad,
+        FLAT=pad == 0 and res.stride() == x.stride() == out.stride(),
+        RELU=relu,
+        HAS_RESIDUAL=residual is not None,
+        SPLIT_BLOCK=triton.next_power_of_2(stats_plan.split),
+        BLOCK_P=out_plan.block_p,
+        BLOCK_C=out_plan.block_c,
+        num_warps=out_plan.num_warps,
+    )
+    return mean, rstd
 
 
 def instance_norm_backward(
@@ -419,27 +479,46 @@ def instance_norm_backward(
     x: torch.Tensor,
     mean: torch.Tensor,
     rstd: torch.Tensor,
+    *,
     relu: bool,
     split: int | None = None,
 ) -> torch.Tensor:
-    """dx of y = act(IN(x)) (+ residual), in x's dtype and layout; the residual's gradient is dy itself."""
+    """dx of y = act(IN(x)) (+ residual), in x's dtype and layout; the residual's gradient is dy itself.
+    dy: x's shape and strides; mean, rstd: the forward's fp32 (N, C)."""
     n, c, h, w = x.shape
-    p = h * w
     dx = torch.empty_like(x)
     if x.numel() == 0:
         return dx
-    cfg = plan(n, c, p, x.stride(1) == 1 and c > 1, x.device, split)
+    cfg = plan(n, c, h * w, _is_channels_last(x), x.device, split)
     part_g = torch.empty((n, c, cfg.split), device=x.device, dtype=torch.float32)
     part_gx = torch.empty_like(part_g)
-    strides = plane_strides(x)
+    stride_n, stride_c, stride_p = plane_strides(x)
+    common = dict(
+        n_pos=h * w,
+        n_channels=c,
+        chunk=cfg.chunk,
+        split=cfg.split,
+        stride_n=stride_n,
+        stride_c=stride_c,
+        stride_p=stride_p,
+        RELU=relu,
+        BLOCK_P=cfg.block_p,
+        BLOCK_C=cfg.block_c,
+        num_warps=cfg.num_warps,
+    )
     grid = cfg.grid(n, c)
     _in_bwd_reduce_kernel[grid](
-        dy, x, mean, rstd, part_g, part_gx, p, c, cfg.chunk, cfg.split, *strides,
-        RELU=relu, BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
-    )  # fmt: skip
+        dy_ptr=dy, x_ptr=x, mean_ptr=mean, rstd_ptr=rstd, part_g_ptr=part_g, part_gx_ptr=part_gx, **common
+    )
     _in_bwd_apply_kernel[grid](
-        dy, x, dx, mean, rstd, part_g, part_gx, p, c, cfg.chunk, cfg.split, *strides,
-        RELU=relu, SPLIT_BLOCK=triton.next_power_of_2(cfg.split),
-        BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps,
-    )  # fmt: skip
+        dy_ptr=dy,
+        x_ptr=x,
+        dx_ptr=dx,
+        mean_ptr=mean,
+        rstd_ptr=rstd,
+        part_g_ptr=part_g,
+        part_gx_ptr=part_gx,
+        SPLIT_BLOCK=triton.next_power_of_2(cfg.split),
+        **common,
+    )
     return dx

@@ -28,10 +28,12 @@ KERNELS = {
     "bwd_reduce": (K._in_bwd_reduce_kernel, {"RELU": True}),
     "bwd_apply": (K._in_bwd_apply_kernel, {"RELU": True, "SPLIT_BLOCK": 8}),
 }
-TENSOR_ARGS = {"X", "R", "Y", "DY", "DX"}  # in the storage dtype; every other pointer is fp32
-SIZE_ARGS = {"P", "C", "H", "W", "CHUNK", "SPLIT", "OUT_CHUNK"}  # upper-case like the pointers, but integers
+TENSOR_ARGS = {"x_ptr", "res_ptr", "y_ptr", "dy_ptr", "dx_ptr"}  # in the storage dtype; other pointers are fp32
 # the unit strides that Triton turns into constants at a real launch (it specializes integer arguments of 1)
-UNIT_STRIDES = {True: ("stride_c", "sx_c", "sr_c", "sy_c"), False: ("stride_p", "sx_w", "sr_w", "sy_w", "sx_p")}
+UNIT_STRIDES = {
+    True: ("stride_c", "x_stride_c", "res_stride_c", "y_stride_c"),
+    False: ("stride_p", "x_stride_w", "res_stride_w", "y_stride_w", "x_stride_p"),
+}
 
 
 def compile_for_sm90(kernel, flags: dict, dtype: str, channels_last: bool):
@@ -43,12 +45,12 @@ def compile_for_sm90(kernel, flags: dict, dtype: str, channels_last: bool):
     for name in names:
         if name in consts:
             signature[name] = "constexpr"
-        elif name.isupper() and name not in SIZE_ARGS:
+        elif name.endswith("_ptr"):
             signature[name] = f"*{dtype}" if name in TENSOR_ARGS else "*fp32"
             divisible.append(name)
         else:
             signature[name] = "fp32" if name == "eps" else "i32"
-            if name != "SPLIT":
+            if name != "split":
                 divisible.append(name)  # the generator's sizes and strides are multiples of 16
     source = ASTSource(
         fn=kernel,

@@ -12,6 +12,7 @@ from fastcyclegan.kernels import instance_norm_backward, instance_norm_forward, 
 from helpers import assert_close, reference_instance_norm, to_format
 
 from fastcyclegan import ops
+from fastcyclegan.layout import padded_empty
 from fastcyclegan.ops import fold_reflect_pad
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -59,11 +60,11 @@ def _pad_for(shape, pad):
     return min(pad, shape[2] - 1, shape[3] - 1)  # reflection needs pad < H and W (a 1x1 plane takes none)
 
 
-def _run(x, residual, relu, pad, split):
-    """The kernels directly when a split is forced (ops picks its own), else the public op."""
-    if split is None:
-        return ops.instance_norm(x, residual, relu=relu, pad=pad)
-    return instance_norm_forward(x, residual, relu, 1e-5, pad, split=split)[0]
+def _forward(x, residual=None, relu=False, pad=0, split=None):
+    """The forward launcher on its own: (y, mean, rstd) with y allocated as the op allocates it."""
+    y = padded_empty(x, pad)
+    mean, rstd = instance_norm_forward(x, residual, y, relu=relu, eps=1e-5, split=split)
+    return y, mean, rstd
 
 
 def test_reference_equals_torch_instance_norm():
@@ -72,36 +73,33 @@ def test_reference_equals_torch_instance_norm():
 
 
 @_every_case
-def test_forward_matches_float64_reference(shape, split, dtype, channels_last, mode):
-    relu, has_residual, pad = mode
-    pad = _pad_for(shape, pad)
-    x, r = _inputs(shape, dtype, channels_last, has_residual, pad)
-    y = _run(x, r, relu, pad, split)
-    n, c, h, w = shape
-    assert y.dtype == dtype and y.shape == (n, c, h + 2 * pad, w + 2 * pad)
-    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    assert_close(y, reference_instance_norm(x, r, relu, pad=pad), dtype, "forward")
-
-
-@_every_case
-def test_gradients_match_float64_autograd(shape, split, dtype, channels_last, mode):
+def test_forward_and_gradients_match_float64(shape, split, dtype, channels_last, mode):
+    """One forward checked against float64, then its backward against float64 autograd (the kernels directly
+    when a split is forced, the public op and its autograd formula otherwise)."""
     relu, has_residual, pad = mode
     pad = _pad_for(shape, pad)
     x, r = _inputs(shape, dtype, channels_last, has_residual, pad)
     n, c, h, w = shape
     dy = to_format(torch.randn(n, c, h + 2 * pad, w + 2 * pad), channels_last).to(dtype)
+    if split is None:
+        xg = x.clone().requires_grad_()
+        rg = r.clone().requires_grad_() if has_residual else None
+        y = ops.instance_norm(xg, rg, relu=relu, pad=pad)
+    else:
+        y, mean, rstd = _forward(x, r, relu, pad, split)
+    assert y.dtype == dtype and y.shape == (n, c, h + 2 * pad, w + 2 * pad)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert_close(y, reference_instance_norm(x, r, relu, pad=pad), dtype, "forward")
+
     x64 = x.double().requires_grad_()
     r64 = r.double().requires_grad_() if has_residual else None
     reference_instance_norm(x64, r64, relu, pad=pad).backward(dy.double())
     if split is None:
-        xg = x.clone().requires_grad_()
-        rg = r.clone().requires_grad_() if has_residual else None
-        ops.instance_norm(xg, rg, relu=relu, pad=pad).backward(dy)
+        y.backward(dy)
         dx, dr = xg.grad, (rg.grad if has_residual else None)
     else:
-        _, mean, rstd = instance_norm_forward(x, r, relu, 1e-5, pad, split=split)
         dz = fold_reflect_pad(dy, pad) if pad else dy
-        dx, dr = instance_norm_backward(dz, x, mean, rstd, relu, split=split), dz
+        dx, dr = instance_norm_backward(dz, x, mean, rstd, relu=relu, split=split), dz
     assert dx.dtype == dtype and dx.shape == x.shape
     # Where xhat is within rounding of 0, fp32 and float64 may disagree on relu's mask: leave those out.
     settled = reference_instance_norm(x).abs() > 1e-4 if relu else torch.ones(shape, dtype=torch.bool)
@@ -112,9 +110,9 @@ def test_gradients_match_float64_autograd(shape, split, dtype, channels_last, mo
 
 def test_split_chunks_match_single_chunk():
     x = torch.randn(2, 9, 40, 24)
-    whole = instance_norm_forward(x, None, True, 1e-5, split=1)
+    whole = _forward(x, relu=True, split=1)
     for split in (2, 5, 60):
-        parts = instance_norm_forward(x, None, True, 1e-5, split=split)
+        parts = _forward(x, relu=True, split=split)
         for a, b in zip(whole, parts):
             torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-6)
 
@@ -142,7 +140,7 @@ def test_large_mean_keeps_precision(monkeypatch):
     """|mean| = 1e4, std = 1: E[x^2] - E[x]^2 in fp32 loses every digit here; Welford/two-pass does not."""
     x = torch.randn(2, 4, 32, 32) + 1e4
     for split in (1, 4):
-        y = instance_norm_forward(x, None, False, 1e-5, split=split)[0]
+        y = _forward(x, split=split)[0]
         torch.testing.assert_close(y.double(), reference_instance_norm(x), atol=1e-4, rtol=0)
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the PyTorch path: ATen's two-pass, unshifted fp32 mean
     torch.testing.assert_close(ops.instance_norm(x).double(), reference_instance_norm(x), atol=2e-3, rtol=0)
@@ -184,8 +182,8 @@ def test_pytorch_fallback_matches_reference_and_kernels(monkeypatch, shape, chan
     dy = torch.randn_like(x)
     y.backward(dy)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton reads it at launch too
-    _, mean, rstd = instance_norm_forward(x, r, True, 1e-5)
-    kernel_dx = instance_norm_backward(dy, x, mean, rstd, True)
+    _, mean, rstd = _forward(x, r, relu=True)
+    kernel_dx = instance_norm_backward(dy, x, mean, rstd, relu=True)
     assert_close(xg.grad, kernel_dx, dtype, "fallback dx")
 
 
@@ -248,7 +246,7 @@ def test_opcheck(residual):
 
 def test_opcheck_backward_op():
     x = torch.randn(2, 5, 6, 7)
-    _, mean, rstd = instance_norm_forward(x, None, True, 1e-5)
+    _, mean, rstd = _forward(x, relu=True)
     torch.library.opcheck(
         torch.ops.fastcyclegan.instance_norm_backward.default, (torch.randn_like(x), x, mean, rstd, True)
     )
@@ -281,7 +279,7 @@ def test_compile_fullgraph_keeps_the_op_and_matches_eager():
     torch.testing.assert_close(xc.grad, xg.grad, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="requires CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(1, 256, 64, 64), (2, 64, 128, 128), (3, 70, 33, 31)], ids=str)
 def test_cuda_kernels_match_reference(shape, dtype):
