@@ -1,7 +1,10 @@
-"""Loading real CycleGAN generator checkpoints (the public repository's `latest_net_G.pth` layout).
+"""Reading real CycleGAN generator checkpoints (the public repository's `latest_net_G.pth` layout) and
+building a generator class from a state dict.
 
 Files are read with `torch.load(weights_only=True)`: a pickle that would import or call anything beyond
-tensors and containers is refused before any of its code runs.
+tensors and containers is refused before any of its code runs. Keys and shapes are checked against the
+architecture built on the meta device (no memory) before the real module is allocated.
+This module knows the layout only through `reference.GeneratorLayout`; it never imports the fast path.
 """
 
 from __future__ import annotations
@@ -14,20 +17,21 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .reference import FIRST_BLOCK, STEM_CONV, Generator
+from .reference import GeneratorLayout
 
 # Buffers that pre-0.4 PyTorch saved for InstanceNorm layers; the public repository deletes them too.
 _LEGACY_NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-_BLOCK_KEY = re.compile(r"^model\.(\d+)\.conv_block\.1\.weight$")
+_LAYOUT = GeneratorLayout(0)  # the indices that do not depend on the number of blocks
+_BLOCK_KEY = re.compile(rf"^model\.(\d+)\.conv_block\.{_LAYOUT.block_convs[0]}\.weight$")
 
 
-def _describe(source) -> str:
+def describe_source(source) -> str:
     return f"'{os.fspath(source)}'" if isinstance(source, (str, os.PathLike)) else "the given state dict"
 
 
 def read_state_dict(source, *, map_location="cpu") -> dict[str, Tensor]:
     """A checkpoint file (path) or mapping -> a flat {key: tensor} dict, untouched otherwise."""
-    name = _describe(source)
+    name = describe_source(source)
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
             raise ValueError(f"checkpoint {name} does not exist or is not a file")
@@ -65,15 +69,15 @@ def clean_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 def infer_generator_config(state: Mapping[str, Tensor], name: str = "the given state dict") -> dict[str, int]:
     """num_blocks, in_channels, out_channels and ngf of a public-layout generator, read off its weights."""
-    stem = state.get(f"model.{STEM_CONV}.weight")
+    stem_key = f"model.{_LAYOUT.stem}.weight"
+    stem = state.get(stem_key)
     if stem is None or stem.dim() != 4:
         raise ValueError(
-            f"checkpoint {name} is not a CycleGAN ResNet generator: it has no 4-D 'model.{STEM_CONV}.weight' "
+            f"checkpoint {name} is not a CycleGAN ResNet generator: it has no 4-D '{stem_key}' "
             f"(first keys: {sorted(state)[:6]})"
         )
-    blocks = sorted(int(m.group(1)) for m in map(_BLOCK_KEY.match, state) if m)
-    num_blocks = len(blocks)
-    final = state.get(f"model.{FIRST_BLOCK + num_blocks + 7}.weight")
+    num_blocks = sum(1 for key in state if _BLOCK_KEY.match(key))
+    final = state.get(f"model.{GeneratorLayout(num_blocks).head}.weight")
     return {
         "num_blocks": num_blocks,
         "in_channels": stem.shape[1],
@@ -82,8 +86,8 @@ def infer_generator_config(state: Mapping[str, Tensor], name: str = "the given s
     }
 
 
-def load_into(module: nn.Module, state: Mapping[str, Tensor], name: str = "the given state dict") -> None:
-    """Strict `load_state_dict` whose errors say which file and which keys or shapes did not fit."""
+def check_fits(module: nn.Module, state: Mapping[str, Tensor], name: str = "the given state dict") -> None:
+    """Raises ValueError naming the file and the keys or shapes of `state` that `module` (meta is fine) lacks."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -99,24 +103,17 @@ def load_into(module: nn.Module, state: Mapping[str, Tensor], name: str = "the g
     ]
     if wrong:
         raise ValueError(f"checkpoint {name} has tensors of the wrong shape (file vs model): {wrong[:8]}")
-    module.load_state_dict(state, strict=True)
 
 
-def load_generator(source, *, map_location="cpu", fast: bool = False) -> nn.Module:
-    """A `Generator` (or `FastGenerator` with fast=True) holding the weights of `source`.
+def build_generator(cls: type[nn.Module], state: Mapping[str, Tensor], name: str = "the given state dict"):
+    """`cls(**config)` holding `state`'s weights, with the config inferred from `state`'s keys.
 
-    `source` is a path to a public-layout checkpoint (`latest_net_G.pth`) or a state dict; the architecture
-    (num_blocks, channels, ngf) is inferred from the keys. Raises ValueError naming the file and the keys
-    that do not fit for anything that is not such a generator.
+    `cls` is `Generator` or a subclass with its constructor (FastGenerator). The keys and shapes are checked
+    on a meta-device instance first, so nothing that the state dict declares is allocated before it fits.
     """
-    name = _describe(source)
-    state = clean_state_dict(read_state_dict(source, map_location=map_location))
     config = infer_generator_config(state, name)
-    if fast:
-        from .fast import FastGenerator
-
-        model: nn.Module = FastGenerator(**config)
-    else:
-        model = Generator(**config)
-    load_into(model, state, name)
+    with torch.device("meta"):
+        check_fits(cls(**config), state, name)
+    model = cls(**config)
+    model.load_state_dict(state, strict=True)
     return model

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import clean_state_dict, infer_generator_config, load_into
+from .checkpoint import build_generator, clean_state_dict
 from .ops import instance_norm
-from .reference import DOWN_CONVS, FIRST_BLOCK, STEM_CONV, Generator
+from .reference import Generator
 
 _FORBIDDEN_LAYERS = {
     nn.Dropout: "it has dropout layers (use_dropout=True); FastGenerator has none",
@@ -66,12 +66,9 @@ class FastGenerator(Generator):
                     f"track_running_stats={layer.track_running_stats}; FastGenerator needs both False"
                 )
         state = clean_state_dict(module.state_dict())  # a DataParallel wrapper's `module.` prefix goes
-        name = f"module {type(module).__name__}"
-        fast = cls(**infer_generator_config(state, name))
+        fast = build_generator(cls, state, f"module {type(module).__name__}")
         first = next(iter(state.values()))
-        fast.to(device=first.device, dtype=first.dtype)
-        load_into(fast, state, name)
-        return fast.train(module.training)
+        return fast.to(device=first.device, dtype=first.dtype).train(module.training)
 
     def compile(self, *, mode: str | None = None, dynamic: bool | None = None, **options) -> FastGenerator:
         """Compile in place with `fullgraph=True` (the fused ops stay single nodes) and return self.
@@ -94,21 +91,22 @@ class FastGenerator(Generator):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        m = self.model
+        m, at = self.model, self.layout
         # Only the 3-channel input is padded by F.pad; every other reflection pad is written by the norm
         # before it (pad=...), so no activation takes a separate padding pass (or, on CUDA, ATen's
         # NCHW-only reflection pad and the layout copies around it).
         h = _reflect(x, 3).contiguous(memory_format=torch.channels_last)
-        h = instance_norm(m[STEM_CONV](h), relu=True)
-        h = instance_norm(m[DOWN_CONVS[0]](h), relu=True)
-        blocks = m[FIRST_BLOCK : self.up_convs[0]]
-        h = instance_norm(m[DOWN_CONVS[1]](h), relu=True, pad=1 if len(blocks) else 0)
-        for block in blocks:  # h: the block input, reflection-padded by 1
-            t = instance_norm(block.conv_block[1](h), relu=True, pad=1)
-            h = instance_norm(block.conv_block[5](t), residual=_interior(h, 1), pad=1)
-        if len(blocks):
+        h = instance_norm(m[at.stem](h), relu=True)
+        h = instance_norm(m[at.down[0]](h), relu=True)
+        h = instance_norm(m[at.down[1]](h), relu=True, pad=1 if at.num_blocks else 0)
+        first, second = at.block_convs
+        for b in at.blocks:  # h: the block input, reflection-padded by 1
+            block = m[b].conv_block
+            t = instance_norm(block[first](h), relu=True, pad=1)
+            h = instance_norm(block[second](t), residual=_interior(h, 1), pad=1)
+        if at.num_blocks:
             h = _interior(h, 1)
-        h = instance_norm(m[self.up_convs[0]](h), relu=True)
-        h = instance_norm(m[self.up_convs[1]](h), relu=True, pad=3)
-        out = torch.tanh(m[self.final_conv](h))
+        h = instance_norm(m[at.up[0]](h), relu=True)
+        h = instance_norm(m[at.up[1]](h), relu=True, pad=3)
+        out = torch.tanh(m[at.head](h))
         return out.contiguous()  # the reference returns NCHW whatever the input layout (its norms do)

@@ -11,12 +11,56 @@ norm is built for its own channel count (not `InstanceNorm2d(256)` everywhere).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
-# Sequential indices of the public layout; the generator's blocks start right after the two d-layers.
-STEM_CONV = 1
-DOWN_CONVS = (4, 7)
-FIRST_BLOCK = 10
+
+@dataclass(frozen=True)
+class GeneratorLayout:
+    """Which `model.<index>` of the public ResNet generator holds which layer: the one map of the layout.
+
+    `Generator` builds its `nn.Sequential` in this order (and checks it), the checkpoint loader counts blocks
+    and reads channel counts through it, and `FastGenerator.forward` walks it. With n = num_blocks:
+
+        0 pad(3)   1 conv7x7 (stem)   2 IN   3 ReLU
+        4 conv3x3/2   5 IN   6 ReLU   7 conv3x3/2   8 IN   9 ReLU
+        10 .. 10+n-1  residual blocks: conv_block.{0 pad, 1 conv, 2 IN, 3 ReLU, 4 pad, 5 conv, 6 IN}
+        10+n convT   11+n IN   12+n ReLU   13+n convT   14+n IN   15+n ReLU
+        16+n pad(3)   17+n conv7x7 (head)   18+n Tanh
+    """
+
+    num_blocks: int
+    stem: int = 1
+    down: tuple[int, int] = (4, 7)
+    first_block: int = 10
+    block_convs: tuple[int, int] = (1, 5)  # indices inside a ResidualBlock's conv_block
+
+    @property
+    def blocks(self) -> range:
+        return range(self.first_block, self.first_block + self.num_blocks)
+
+    @property
+    def up(self) -> tuple[int, int]:
+        """The two fractionally strided convs."""
+        first = self.first_block + self.num_blocks
+        return first, first + 3
+
+    @property
+    def head(self) -> int:
+        """The last 7x7 conv (before the Tanh)."""
+        return self.first_block + self.num_blocks + 7
+
+    @property
+    def length(self) -> int:
+        """Number of layers in the Sequential."""
+        return self.head + 2
+
+    def conv_keys(self) -> list[str]:
+        """State-dict prefixes of every conv in execution order: stem, downs, block convs, ups, head."""
+        keys = [f"model.{i}" for i in (self.stem, *self.down)]
+        keys += [f"model.{b}.conv_block.{i}" for b in self.blocks for i in self.block_convs]
+        return keys + [f"model.{i}" for i in (*self.up, self.head)]
 
 
 def instance_norm(channels: int) -> nn.InstanceNorm2d:
@@ -83,20 +127,11 @@ class Generator(nn.Module):
         layers += _up(ngf * 4, ngf * 2) + _up(ngf * 2, ngf)  # u128, u64
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh()]  # c7s1-3
         self.model = nn.Sequential(*layers)
+        self.layout = GeneratorLayout(num_blocks)
+        assert len(self.model) == self.layout.length and isinstance(self.model[self.layout.head], nn.Conv2d)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
-
-    @property
-    def up_convs(self) -> tuple[int, int]:
-        """Sequential indices of the two fractionally strided convs."""
-        first = FIRST_BLOCK + self.num_blocks
-        return first, first + 3
-
-    @property
-    def final_conv(self) -> int:
-        """Sequential index of the last 7x7 conv."""
-        return FIRST_BLOCK + self.num_blocks + 7
 
 
 class Discriminator(nn.Module):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .backends import DTYPES, build_backend
-from .checkpoint import load_generator
+from .loader import load_generator
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 

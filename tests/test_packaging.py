@@ -1,5 +1,6 @@
 """The installed layout: the kernels ship as fastcyclegan.kernels, never as a top-level `kernels`."""
 
+import ast
 import os
 import pathlib
 import subprocess
@@ -43,3 +44,46 @@ def test_wheel_installs_kernels_under_the_package(tmp_path):
     assert "fastcyclegan/kernels/instance_norm.py" in names
     assert "fastcyclegan/kernels/__init__.py" in names
     assert not any(n.startswith("kernels/") for n in names)
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    """Top-level names a module imports, relative imports resolved against the fastcyclegan package."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # from .x import y / from . import y
+                base = node.module or ""
+                names |= {f".{base}"} if base else {f".{alias.name}" for alias in node.names}
+            else:
+                names.add(node.module)
+    return names
+
+
+def test_kernels_import_torch_and_triton_only():
+    allowed = {"torch", "triton", "functools", "dataclasses", "__future__", "math"}
+    for path in (ROOT / "kernels").glob("*.py"):
+        outside = {n for n in _imports(path) if n.split(".")[0] not in allowed and n != ".instance_norm"}
+        assert not outside, f"{path.name} imports {sorted(outside)}: kernels may import torch and triton only"
+
+
+def test_package_imports_form_no_circle():
+    package = ROOT / "fastcyclegan"
+    modules = {p.stem for p in package.glob("*.py")} - {"__init__", "__main__"}
+    graph = {m: {n[1:].split(".")[0] for n in _imports(package / f"{m}.py") if n.startswith(".")} & modules
+             for m in modules}  # fmt: skip
+    done, stack = set(), []
+
+    def visit(module):
+        assert module not in stack, f"import circle: {' -> '.join(stack[stack.index(module) :] + [module])}"
+        if module in done:
+            return
+        stack.append(module)
+        for dep in graph[module]:
+            visit(dep)
+        stack.pop()
+        done.add(module)
+
+    for module in sorted(modules):
+        visit(module)
