@@ -8,11 +8,10 @@ bf16 and fp32, every available backend); on a CPU a small matrix that finishes i
 from __future__ import annotations
 
 import pytest
-import torch
 from fcg_matrix import bench_device, matrix
 
 from fastcyclegan.backends import DEFAULT_BACKENDS
-from fastcyclegan.measure import ceilings, device_facts
+from fastcyclegan.measure import ceilings, device_facts, tf32_off
 
 
 def pytest_addoption(parser):
@@ -52,10 +51,8 @@ def device_info(fcg):
 @pytest.fixture(scope="session", autouse=True)
 def _honest_fp32():
     """fp32 means fp32: TF32 off for the whole run (the parity rule's fp32 reference needs it too)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    with tf32_off():
+        yield
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -1,10 +1,14 @@
-"""Shared test helpers: the one tolerance table, float64 references, and the public repository's layout."""
+"""Shared test helpers: the one tolerance table, float64 references, the parity rule applied to generators,
+and the public repository's layout."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
 
+from fastcyclegan.measure import PARITY_SEEDS, Parity, parity
 from fastcyclegan.measure import rms_error as rms  # noqa: F401  (the benchmarks' parity measure, re-exported)
 
 # (atol, rtol) against a float64 reference, for every dtype and every comparison in this suite.
@@ -21,6 +25,28 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, what: str = "") -> None:
     atol, rtol = TOLERANCE[dtype]
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+
+
+def generator_parity(reference: nn.Module, candidate, dtype: torch.dtype, shape, *, channels_last=False,
+                     seeds: int = PARITY_SEEDS, autocast: bool = False, device: str = "cpu") -> Parity:  # fmt: skip
+    """The parity rule of fastcyclegan.measure (the benchmarks' gate) for `candidate` against `reference`.
+
+    `candidate` is a module or callable already in `dtype` (or fp32 with autocast=True: both then run under
+    CPU bf16 autocast); `reference` is left untouched (copies run in float64 and in `dtype`).
+    """
+    ref64 = copy.deepcopy(reference).to(device, torch.float64)
+    ref_low = copy.deepcopy(reference).to(device, torch.float32 if autocast else dtype)
+    outs, refs, exps = [], [], []
+    for seed in range(seeds):
+        torch.manual_seed(1000 + seed)
+        x = to_format(torch.rand(shape, device=device) * 2 - 1, channels_last)
+        xin = x if autocast else x.to(dtype)
+        with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=autocast):
+            outs.append(candidate(xin))
+            refs.append(ref_low(xin))
+        with torch.no_grad():
+            exps.append(ref64(x.double()))
+    return parity(outs, refs, exps)
 
 
 def reference_instance_norm(x, residual=None, relu=False, eps=1e-5, pad=0):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import generator_parity
 
 from fastcyclegan import FastGenerator, Generator
 from fastcyclegan.backends import BACKENDS, DEFAULT_BACKENDS, available_backends, build_backend, unavailable_reason
@@ -25,15 +26,11 @@ def test_cpu_backends_and_the_reasons_for_the_others():
 def test_backend_output_passes_parity(name):
     reference = Generator(1, ngf=8).eval()
     x = torch.rand(2, 3, 20, 20) * 2 - 1
-    with torch.no_grad():
-        expected = reference.double()(x.double())
-        same = reference.float()(x)
     torch._dynamo.reset()
     backend = build_backend(name, reference, device=CPU, dtype=torch.float32)
     assert backend.module is not reference  # weights are copied, never shared
-    with torch.no_grad():
-        out = backend.run(backend.prepare(x))
-    assert parity(out, same, expected)[2]
+    check = generator_parity(reference, lambda x: backend.run(backend.prepare(x)), torch.float32, x.shape)
+    assert check.passed, check
     assert isinstance(backend.module, FastGenerator) == name.startswith("fast")
     assert backend.prepare(x).is_contiguous(memory_format=torch.channels_last) == backend.channels_last_input
 
@@ -41,9 +38,34 @@ def test_backend_output_passes_parity(name):
 def test_parity_rule_catches_a_wrong_output():
     expected = torch.randn(1, 3, 8, 8, dtype=torch.float64)
     same = expected.float()
-    assert parity(same, same, expected)[2]
-    assert not parity(same + 1e-2, same, expected)[2]
-    assert not parity(same[:, :2], same, expected)[2]  # wrong shape
+    assert parity(same, same, expected).passed
+    assert not parity(same + 1e-2, same, expected).passed
+    assert not parity(same[:, :2], same, expected).passed  # wrong shape
+    assert not parity(same * float("nan"), same, expected).passed
+    assert not parity([same, same], [same], [expected]).passed  # a missing seed
+
+
+def _seeds(ratios, ref_err=1e-3):
+    """Outputs whose RMS errors are ratio * ref_err, against references with exactly ref_err."""
+    expected = [torch.zeros(1, 1, 4, 4, dtype=torch.float64) for _ in ratios]
+    return [e + r * ref_err for e, r in zip(expected, ratios)], [e + ref_err for e in expected], expected
+
+
+@pytest.mark.parametrize(
+    "ratios, passes",
+    [
+        ((1.0, 1.0, 1.0, 1.0), True),
+        ((0.9, 1.0, 1.1, 1.4), True),  # median of four: the mean of the middle two, 1.05
+        ((0.9, 1.05, 1.2, 1.3), False),  # median 1.125
+        ((1.2, 1.2, 1.0, 1.0), True),  # median 1.1: at the bound
+        ((1.2, 1.2, 1.2, 1.0), False),  # median 1.2
+        ((0.5, 0.5, 0.5, 1.6), False),  # one seed above 1.5x
+    ],
+)
+def test_parity_rule_is_a_median_with_a_worst_seed_bound(ratios, passes):
+    check = parity(*_seeds(ratios))
+    assert check.passed == passes, check
+    assert check.error == pytest.approx(sorted(ratios)[1:3][0] * 5e-4 + sorted(ratios)[1:3][1] * 5e-4)
 
 
 def test_flop_count_matches_the_design_figures():
