@@ -1,4 +1,5 @@
 # make test  : create .venv if missing, install the project with its test extra, run the CPU test suite
+#              (the benchmark suites run once inside it, through bench/gpu_check.sh's CPU smoke mode)
 # make bench : same set-up, run the benchmarks, write bench/latest.csv and bench/latest.md, print the table
 #
 # TORCH picks the PyTorch build installed before the project (the CPU wheel by default: the suite needs no
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest tests bench --benchmark-disable --fcg-smoke -q
+	$(PY) -m pytest tests -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) -m pytest bench --benchmark-autosave -q

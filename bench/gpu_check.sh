@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check: one prepared run for a lent H100/H200 (see DESIGN.md, "The GPU check").
+# The GPU check: one prepared run for a lent H100/H200 (docs/design.md, "The GPU check").
 #   bash bench/gpu_check.sh            results and logs under $OUT (the device tool sets it), else bench/results/local
 #   FCG_SMOKE=1 bash bench/gpu_check.sh   the same phases on tiny shapes: CI runs it on a CPU so the script cannot rot
+#                                         (and it is the one run of the bench suites in `make test`)
 # Phases run most important first, each with its own time limit and its own JSON, so a run cut short still
 # returns what it finished. Designed to end in under 7 minutes on an H100, compile times included.
 # $OUT gets 8 files at most (the device tool returns no more): four JSON, log.txt, report.md, report.csv,
@@ -13,9 +14,10 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/fcg-inductor}
 BENCH="$PY -m pytest -q -p no:cacheprovider --benchmark-columns=median,rounds"
-SMOKE=() PROFILE=()
+SMOKE=() SMOKE_B1=() PROFILE=()
 if [ "${FCG_SMOKE:-0}" = 1 ]; then  # later options win: every phase shrinks to a CPU-sized smoke run
     SMOKE=(--fcg-smoke --fcg-batches 1 --fcg-kernel-shapes 1,8,8,8 --fcg-rounds 1)
+    SMOKE_B1=(--fcg-backends eager,fast)  # the b16 phase already compiled both compiled backends at batch 1
     PROFILE=(--size 32 --batch 1 --ngf 8)
 fi
 
@@ -35,7 +37,7 @@ phase() {  # phase NAME SECONDS COMMAND...: run with a limit, log to $OUT/log.tx
 
 $PY -c "import fastcyclegan.kernels" 2>/dev/null || $PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -n 3
 
-phase cuda_tests 90 $PY -m pytest tests -q -p no:cacheprovider -k cuda -rs
+phase cuda_tests 90 $PY -m pytest tests -q -p no:cacheprovider -m cuda -rs
 phase generator_b16 100 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes bf16 \
     --benchmark-json="$OUT/generator_b16_bf16.json" "${SMOKE[@]}"
 phase generator_fp32 60 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes fp32 \
@@ -43,7 +45,8 @@ phase generator_fp32 60 $BENCH bench/test_generator_bench.py --fcg-batches 16 --
 phase kernel 50 $BENCH bench/test_kernel_bench.py --fcg-dtypes bf16 \
     --fcg-kernel-shapes "1,256,64,64;32,256,64,64;8,64,256,256" --benchmark-json="$OUT/kernel_bf16.json" "${SMOKE[@]}"
 phase generator_b1 70 $BENCH bench/test_generator_bench.py --fcg-batches 1 --fcg-dtypes bf16 \
-    --fcg-backends eager,eager_cl,fast,fast_compiled,compiled --benchmark-json="$OUT/generator_b1_bf16.json" "${SMOKE[@]}"
+    --fcg-backends eager,eager_cl,fast,fast_compiled,compiled --benchmark-json="$OUT/generator_b1_bf16.json" \
+    "${SMOKE[@]}" "${SMOKE_B1[@]}"
 
 phase profile_fast 20 $PY bench/profile_generator.py --backend fast --batch 16 --dtype bf16 "${PROFILE[@]}"
 phase profile_eager_cl 20 $PY bench/profile_generator.py --backend eager_cl --batch 16 --dtype bf16 "${PROFILE[@]}"

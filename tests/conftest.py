@@ -3,6 +3,8 @@
 TRITON_INTERPRET must be set before Triton decorates the kernels (at the first import of fastcyclegan.kernels),
 so it is set here, before any test module imports the package. Tests of the PyTorch fallback switch it off per
 test (fastcyclegan.ops reads it at call time). On a CUDA machine the kernels are compiled for the GPU instead.
+
+Tests marked `cuda` need a CUDA device and skip, saying so, without one (`pytest -m cuda` selects them).
 """
 
 import os
@@ -12,6 +14,24 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="requires CUDA (marked cuda; none on this machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def no_tf32():
+    """fp32 comparisons on CUDA with TF32 off; the flags are restored after the test."""
+    from fastcyclegan.measure import tf32_off  # after TRITON_INTERPRET is set above
+
+    with tf32_off():
+        yield
 
 
 @pytest.fixture(autouse=True)

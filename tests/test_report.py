@@ -1,7 +1,10 @@
-"""fastcyclegan report: on JSON that the benchmark suite itself wrote, and on every kind of bad input."""
+"""bench/gpu_check.sh in its CPU smoke mode (the one run of the bench suites in `make test`), and
+fastcyclegan report on the JSON it wrote and on every kind of bad input."""
 
 import json
+import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -16,14 +19,51 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def suite_json(tmp_path_factory):
-    """A real benchmark run: smoke matrix, three backends, 2 timed rounds, plus the kernel suite."""
-    out = tmp_path_factory.mktemp("bench") / "run.json"
-    cmd = [sys.executable, "-m", "pytest", "bench", "-q", "-p", "no:cacheprovider", "--fcg-smoke",
-           "--fcg-backends", "eager,eager_cl,fast", "--fcg-rounds", "2", f"--benchmark-json={out}"]  # fmt: skip
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return out
+def gpu_check_smoke(tmp_path_factory):
+    """`bench/gpu_check.sh` in its CPU smoke mode, run once per session: (its $OUT folder, the finished process).
+
+    It is the one run of the benchmark suites in `make test` (every phase, every backend, the report), and
+    the report tests read the JSON it writes.
+    """
+    out = tmp_path_factory.mktemp("gpu_check")
+    # as on the GPU machine: the script's processes choose for themselves (no TRITON_INTERPRET), and they are
+    # no pytest-xdist workers (pytest-benchmark turns itself off in one and would write no JSON)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST_")}
+    env.update(FCG_SMOKE="1", OUT=str(out), PYTHON=sys.executable)
+    done = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    return out, done
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_phase(gpu_check_smoke):
+    """Every phase runs and exits 0, $OUT holds at most the 8 files the device tool returns, and the
+    comparison table is printed last."""
+    tmp_path, done = gpu_check_smoke
+    out = done.stdout
+    exits = re.findall(r"=== (\w+): exit (\d+) after", out)
+    assert [name for name, _ in exits] == [
+        "cuda_tests", "generator_b16", "generator_fp32", "kernel", "generator_b1", "profile_fast", "profile_eager_cl",
+    ], out[-3000:]  # fmt: skip
+    assert all(code == "0" for _, code in exits), out[-3000:]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) <= 8, files
+    assert {"report.md", "report.csv", "log.txt"} <= set(files)
+    assert out.rstrip().endswith(tmp_path.joinpath("report.md").read_text().rstrip()[-200:])
+    assert "| eager |" in out.split("=== comparison table ===")[-1]
+
+
+@pytest.fixture(scope="module")
+def suite_json(gpu_check_smoke, tmp_path_factory):
+    """What the benchmark suites themselves wrote (gpu_check.sh's smoke run): the fp32 generator phase (three
+    backends) and the kernel phase, merged into one pytest-benchmark file."""
+    out_dir, done = gpu_check_smoke
+    generator = json.loads((out_dir / "generator_b16_fp32.json").read_text())
+    kernel = json.loads((out_dir / "kernel_bf16.json").read_text())
+    generator["benchmarks"] += kernel["benchmarks"]
+    merged = tmp_path_factory.mktemp("bench") / "run.json"
+    merged.write_text(json.dumps(generator))
+    return merged
 
 
 def test_csv_from_the_suite_has_the_promised_columns(suite_json, tmp_path):
