@@ -1,4 +1,4 @@
-"""Benchmark JSON (pytest-benchmark) -> pandas -> CSV, markdown and a bar chart.
+"""Benchmark JSON (pytest-benchmark) -> pandas -> CSV, markdown and a bar chart of speedups.
 
 Reads the files that `pytest bench --benchmark-autosave` writes (STORAGE/<machine>/<NNNN>_*.json; the newest
 per machine by default) or files named explicitly (`--benchmark-json` output). Only results of this project's
@@ -172,21 +172,43 @@ def _backend_order(names) -> list[str]:
 
 
 def plot(gen: pd.DataFrame, path: Path) -> None:
-    """A bar chart of img/s per backend, one group per (device, size, batch, dtype)."""
+    """Speedup against eager, one panel per device (named once, in its title), one group of bars per
+    (size, batch, dtype), one bar per backend, a line at 1x; each bar labelled with its speedup."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pivot = gen.pivot_table(index=KEY, columns="backend", values="img_per_s")
-    pivot = pivot[_backend_order(pivot.columns)]
-    pivot.index = [f"{d}\n{s}px b{b} {t}" for d, s, b, t in pivot.index]
-    ax = pivot.plot.bar(figsize=(max(6, 1.8 * len(pivot)), 4.5), rot=0, logy=True)
-    ax.set_ylabel("images / s (log)")
-    ax.set_title("fastcyclegan generator throughput")
-    plt.tight_layout()
-    plt.savefig(path, dpi=120)
-    plt.close()
+    rows = gen.dropna(subset=["speedup_vs_eager"])
+    devices = sorted(rows.device.unique())
+    backends = [b for b in _backend_order(rows.backend.unique()) if b != "eager"]
+    groups = {d: rows[rows.device == d].pivot_table(index=KEY[1:], columns="backend", values="speedup_vs_eager")
+              for d in devices}  # fmt: skip
+    widest = max((len(g) for g in groups.values()), default=1)
+    fig, axes = plt.subplots(len(devices), 1, figsize=(max(6.0, 1.6 * widest + 2), 3.6 * len(devices)),
+                             squeeze=False)  # fmt: skip
+    width = 0.8 / max(1, len(backends))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, device in zip(axes[:, 0], devices):
+        table = groups[device]
+        positions = range(len(table))
+        for k, backend in enumerate(backends):
+            if backend not in table:
+                continue
+            xs = [p + (k - (len(backends) - 1) / 2) * width for p in positions]
+            bars = ax.bar(xs, table[backend], width, label=backend, color=colors[k % len(colors)])
+            ax.bar_label(bars, labels=[f"{v:.2f}" if pd.notna(v) else "" for v in table[backend]], fontsize=7,
+                         padding=1)  # fmt: skip
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_xticks(list(positions), [f"{size}x{size}, batch {batch}, {dtype}" for size, batch, dtype in table.index])
+        ax.set_ylabel("speedup vs eager (x)")
+        ax.set_ylim(0, max(1.2, float(table.max().max()) * 1.18))
+        ax.set_title(device, fontsize=10)
+    axes[0, 0].legend(loc="upper left", fontsize=8, ncols=min(len(backends), 5), frameon=False)
+    fig.suptitle("fastcyclegan: generator throughput against eager PyTorch (higher is faster; dashed: eager)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def report(paths, csv_path=None, markdown_path=None, plot_path=None) -> tuple[str, list[str]]:
