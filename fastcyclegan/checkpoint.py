@@ -1,119 +1,156 @@
-"""Reading real CycleGAN generator checkpoints (the public repository's `latest_net_G.pth` layout) and
-building a generator class from a state dict.
+"""Reading generator checkpoints: a file (PyTorch or safetensors) or a mapping -> the flat state dict of
+tensors inside it, then -> a `Generator` (or subclass) through `structure.describe_state`.
 
 Files are read with `torch.load(weights_only=True)`: a pickle that would import or call anything beyond
-tensors and containers is refused before any of its code runs. Keys and shapes are checked against the
-architecture built on the meta device (no memory) before the real module is allocated.
-This module knows the layout only through `reference.GeneratorLayout`; it never imports the fast path.
+tensors and containers is refused before any of its code runs. A zip entry that inflates to many times its
+stored size is refused before it is read. Checkpoints nested under one key of a dict (`state_dict`, `model`,
+`netG_A`, `G_A2B`, ...) are unwrapped, and the key taken is reported. Nothing the file declares is
+allocated before `structure.describe_state` has checked every shape and count.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
-import re
+import zipfile
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
-from .reference import GeneratorLayout
+from .structure import GeneratorSpec, NotAGenerator, describe_state
 
-# Buffers that pre-0.4 PyTorch saved for InstanceNorm layers; the public repository deletes them too.
-_LEGACY_NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-_LAYOUT = GeneratorLayout(0)  # the indices that do not depend on the number of blocks
-_BLOCK_KEY = re.compile(rf"^model\.(\d+)\.conv_block\.{_LAYOUT.block_convs[0]}\.weight$")
+log = logging.getLogger("fastcyclegan")
+
+_MAX_INFLATION = 50  # uncompressed / compressed size of a zip entry beyond which it is a zip bomb
+_MAX_NESTING = 3
 
 
 def describe_source(source) -> str:
     return f"'{os.fspath(source)}'" if isinstance(source, (str, os.PathLike)) else "the given state dict"
 
 
-def read_state_dict(source, *, map_location="cpu") -> dict[str, Tensor]:
-    """A checkpoint file (path) or mapping -> a flat {key: tensor} dict, untouched otherwise."""
+def _is_safetensors(path) -> bool:
+    """safetensors files start with an 8-byte little-endian header length, then the JSON header '{'."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and not head.startswith(b"PK")
+
+
+def _refuse_zip_bomb(path, name: str) -> None:
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.file_size > _MAX_INFLATION * max(info.compress_size, 1) and info.file_size > (1 << 20):
+                raise ValueError(
+                    f"refused to load checkpoint {name}: its entry '{info.filename}' inflates from "
+                    f"{info.compress_size:,} to {info.file_size:,} bytes (a zip bomb; torch.save stores tensors "
+                    "uncompressed)"
+                )
+
+
+def _load_file(path, name: str, map_location):
+    if _is_safetensors(path):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:
+            raise ValueError(
+                f"checkpoint {name} is a safetensors file: install the optional dependency "
+                "(pip install 'fastcyclegan[safetensors]')"
+            ) from err
+        try:
+            return load_file(os.fspath(path), device=str(map_location))
+        except Exception as err:  # truncated or malformed header
+            raise ValueError(f"could not read safetensors checkpoint {name}: {err}") from err
+    _refuse_zip_bomb(path, name)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).splitlines()[0]
+        if "Unsupported global" in str(err) or "GLOBAL" in first:
+            raise ValueError(
+                f"refused to load checkpoint {name}: it is not a plain weights file, and loading it would "
+                f"run code from its pickle (weights_only=True rejected it: {first})"
+            ) from err
+        raise ValueError(f"could not read checkpoint {name}: not a PyTorch checkpoint ({first})") from err
+    except Exception as err:  # truncated zip, not a torch file at all, ...
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"could not read checkpoint {name}: the file is truncated or not a PyTorch checkpoint ({first})"
+        ) from err
+
+
+def _is_state_dict(value) -> bool:
+    return isinstance(value, Mapping) and bool(value) and all(isinstance(v, Tensor) for v in value.values())
+
+
+def _unnest(loaded, name: str, key: str | None) -> tuple[Mapping, str | None]:
+    """The state dict inside `loaded` and the key path it was found under (None: loaded itself)."""
+    if key is not None:
+        node = loaded
+        for part in key.split("/"):
+            if not isinstance(node, Mapping) or part not in node:
+                have = sorted(map(str, node))[:10] if isinstance(node, Mapping) else type(node).__name__
+                raise ValueError(f"checkpoint {name} has no key '{key}' (keys: {have})")
+            node = node[part]
+        if not _is_state_dict(node):
+            raise ValueError(f"checkpoint {name}: '{key}' does not hold a state dict of tensors")
+        return node, key
+    if _is_state_dict(loaded):
+        return loaded, None
+    found: list[tuple[str, Mapping]] = []
+
+    def search(node, path, depth):
+        for k, v in node.items():
+            here = f"{path}/{k}" if path else str(k)
+            if _is_state_dict(v):
+                found.append((here, v))
+            elif isinstance(v, Mapping) and depth < _MAX_NESTING:
+                search(v, here, depth + 1)
+
+    if isinstance(loaded, Mapping):
+        search(loaded, "", 1)
+    if not found:
+        what = f"keys {sorted(map(str, loaded))[:10]}" if isinstance(loaded, Mapping) else type(loaded).__name__
+        raise ValueError(f"checkpoint {name} does not hold a state dict of tensors (got {what})")
+    if len(found) > 1:
+        raise ValueError(
+            f"checkpoint {name} holds several state dicts ({', '.join(k for k, _ in found[:8])}): say which "
+            "one with key=... (translate: --key)"
+        )
+    return found[0][1], found[0][0]
+
+
+def read_state_dict(source, *, map_location="cpu", key: str | None = None) -> tuple[dict[str, Tensor], str | None]:
+    """A checkpoint file (path) or mapping -> (flat {key: tensor} dict, the key path it was nested under)."""
     name = describe_source(source)
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
             raise ValueError(f"checkpoint {name} does not exist or is not a file")
-        try:
-            loaded = torch.load(source, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise ValueError(
-                f"refused to load checkpoint {name}: it is not a plain weights file, and loading it would "
-                f"run code from its pickle (weights_only=True rejected it: {str(err).splitlines()[0]})"
-            ) from err
-        except Exception as err:  # truncated zip, not a torch file at all, ...
-            raise ValueError(
-                f"could not read checkpoint {name}: the file is truncated or not a PyTorch checkpoint ({err})"
-            ) from err
+        loaded = _load_file(source, name, map_location)
     else:
         loaded = source
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
-        loaded = loaded["state_dict"]  # training frameworks often wrap the weights
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
-        raise ValueError(f"checkpoint {name} does not hold a state dict of tensors (got {type(loaded).__name__})")
-    return dict(loaded)
+    state, taken = _unnest(loaded, name, key)
+    if taken is not None:
+        log.info("checkpoint %s: took the state dict under '%s'", name, taken)
+    return dict(state), taken
 
 
-def clean_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Strip a DataParallel `module.` prefix and the legacy InstanceNorm running-stat buffers."""
-    cleaned = {}
-    for key, value in state.items():
-        if key.startswith("module."):
-            key = key[len("module.") :]
-        if key.rsplit(".", 1)[-1] in _LEGACY_NORM_BUFFERS:
-            continue
-        cleaned[key] = value
-    return cleaned
+def describe_checkpoint(source, *, map_location="cpu", key: str | None = None) -> tuple[GeneratorSpec, str | None]:
+    """The generator a checkpoint holds and the key it was nested under; ValueError naming the file and the
+    reason (the layer or key that shows it) for anything FastGenerator cannot run."""
+    state, taken = read_state_dict(source, map_location=map_location, key=key)
+    where = describe_source(source) + (f" (under '{taken}')" if taken else "")
+    try:
+        return describe_state(state), taken
+    except NotAGenerator as err:
+        raise ValueError(f"checkpoint {where} is not a ResNet generator FastGenerator can run: it {err}") from err
 
 
-def infer_generator_config(state: Mapping[str, Tensor], name: str = "the given state dict") -> dict[str, int]:
-    """num_blocks, in_channels, out_channels and ngf of a public-layout generator, read off its weights."""
-    stem_key = f"model.{_LAYOUT.stem}.weight"
-    stem = state.get(stem_key)
-    if stem is None or stem.dim() != 4:
-        raise ValueError(
-            f"checkpoint {name} is not a CycleGAN ResNet generator: it has no 4-D '{stem_key}' "
-            f"(first keys: {sorted(state)[:6]})"
-        )
-    num_blocks = sum(1 for key in state if _BLOCK_KEY.match(key))
-    final = state.get(f"model.{GeneratorLayout(num_blocks).head}.weight")
-    return {
-        "num_blocks": num_blocks,
-        "in_channels": stem.shape[1],
-        "out_channels": final.shape[0] if final is not None and final.dim() == 4 else 3,
-        "ngf": stem.shape[0],
-    }
-
-
-def check_fits(module: nn.Module, state: Mapping[str, Tensor], name: str = "the given state dict") -> None:
-    """Raises ValueError naming the file and the keys or shapes of `state` that `module` (meta is fine) lacks."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {name} does not fit {type(module).__name__}"
-            f"(num_blocks={getattr(module, 'num_blocks', '?')}): missing keys {missing[:8]}"
-            f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-            f"{' ...' if len(unexpected) > 8 else ''} (a dropout, U-Net or discriminator checkpoint does not load)"
-        )
-    wrong = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape
-    ]
-    if wrong:
-        raise ValueError(f"checkpoint {name} has tensors of the wrong shape (file vs model): {wrong[:8]}")
-
-
-def build_generator(cls: type[nn.Module], state: Mapping[str, Tensor], name: str = "the given state dict"):
-    """`cls(**config)` holding `state`'s weights, with the config inferred from `state`'s keys.
-
-    `cls` is `Generator` or a subclass with its constructor (FastGenerator). The keys and shapes are checked
-    on a meta-device instance first, so nothing that the state dict declares is allocated before it fits.
-    """
-    config = infer_generator_config(state, name)
-    with torch.device("meta"):
-        check_fits(cls(**config), state, name)
-    model = cls(**config)
-    model.load_state_dict(state, strict=True)
+def build_generator(cls: type[nn.Module], spec: GeneratorSpec) -> nn.Module:
+    """`cls(**spec.config)` (Generator or a subclass with its constructor) holding the spec's weights."""
+    model = cls(**spec.config)
+    model.load_state_dict(spec.state, strict=True)
     return model

@@ -12,16 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import build_generator, clean_state_dict
+from .checkpoint import build_generator
 from .ops import instance_norm
-from .reference import Generator
-
-_FORBIDDEN_LAYERS = {
-    nn.Dropout: "it has dropout layers (use_dropout=True); FastGenerator has none",
-    nn.BatchNorm2d: "it uses batch norm; FastGenerator fuses instance norm only",
-    nn.ReplicationPad2d: "it pads by replication; FastGenerator pads by reflection",
-    nn.ZeroPad2d: "it pads with zeros; FastGenerator pads by reflection",
-}
+from .reference import Generator, GeneratorLayout
+from .structure import NotAGenerator, describe_module
 
 
 def _reflect(x: Tensor, pad: int) -> Tensor:
@@ -33,6 +27,13 @@ def _interior(padded: Tensor, pad: int) -> Tensor:
     return padded[:, :, pad:-pad, pad:-pad]
 
 
+def _conv_norm(layers: nn.Sequential, conv: int, h: Tensor, **fused) -> Tensor:
+    """layers[conv](h) through the fused norm of the instance norm after it (its affine weight and bias and
+    its eps), with the ReLU, residual add and padding given in `fused`."""
+    norm = layers[GeneratorLayout.norm_after(conv)]
+    return instance_norm(layers[conv](h), weight=norm.weight, bias=norm.bias, eps=norm.eps, **fused)
+
+
 def min_input_size(num_blocks: int) -> int:
     """Smallest H and W the reflection pads accept: 4 (7x7 stem), 5 with residual blocks (their 1-pixel pad
     needs >= 2 positions after two stride-2 convs: ceil(ceil(H / 2) / 2) >= 2)."""
@@ -42,32 +43,29 @@ def min_input_size(num_blocks: int) -> int:
 class FastGenerator(Generator):
     """Drop-in for `Generator`: same arguments, keys, outputs (shape, dtype, NCHW memory format)."""
 
-    def __init__(self, num_blocks: int = 9, in_channels: int = 3, out_channels: int = 3, ngf: int = 64):
-        super().__init__(num_blocks, in_channels, out_channels, ngf)
+    def __init__(
+        self, num_blocks: int = 9, in_channels: int = 3, out_channels: int = 3, ngf: int = 64, affine: bool = False
+    ):
+        super().__init__(num_blocks, in_channels, out_channels, ngf, affine)
         self.to(memory_format=torch.channels_last)  # cuDNN picks NHWC kernels when weights are NHWC too
 
     @classmethod
     def from_module(cls, module: nn.Module) -> FastGenerator:
-        """A FastGenerator with the weights, device and dtype of any public-layout ResNet generator.
+        """A FastGenerator with the weights, device, dtype and train/eval mode of any ResNet generator.
 
-        Accepts our `Generator` and the public repository's `ResnetGenerator` (instance norm, reflection
-        padding, no dropout), also inside `nn.DataParallel`; keeps its train/eval mode; raises ValueError
-        saying why for anything else.
+        Any module whose layers, in execution order, are the paper's generator's (reflection pad, 7x7 conv,
+        IN, ReLU; stride-2 convs with IN + ReLU; residual blocks; transposed convs with IN + ReLU; pad, 7x7
+        conv, Tanh), whatever its attribute names, nesting and wrappers (nn.Sequential, DataParallel,
+        DistributedDataParallel, torch.compile); blocks, channels, ngf and affine norms are inferred.
+        Raises ValueError naming the layer that shows why for anything else (batch norm, dropout, zero or
+        replicate padding, an upsample decoder, running statistics, ...).
         """
-        if not isinstance(module, nn.Module):
-            raise ValueError(f"from_module expects an nn.Module, got {type(module).__name__}")
-        for layer in module.modules():
-            for kind, why in _FORBIDDEN_LAYERS.items():
-                if isinstance(layer, kind):
-                    raise ValueError(f"cannot convert {type(module).__name__}: {why}")
-            if isinstance(layer, nn.InstanceNorm2d) and (layer.affine or layer.track_running_stats):
-                raise ValueError(
-                    f"cannot convert {type(module).__name__}: its InstanceNorm2d has affine={layer.affine}, "
-                    f"track_running_stats={layer.track_running_stats}; FastGenerator needs both False"
-                )
-        state = clean_state_dict(module.state_dict())  # a DataParallel wrapper's `module.` prefix goes
-        fast = build_generator(cls, state, f"module {type(module).__name__}")
-        first = next(iter(state.values()))
+        try:
+            spec = describe_module(module)
+        except NotAGenerator as err:
+            raise ValueError(f"cannot convert {type(module).__name__} to FastGenerator: it {err}") from err
+        fast = build_generator(cls, spec)
+        first = next(iter(spec.state.values()))
         return fast.to(device=first.device, dtype=first.dtype).train(module.training)
 
     def compile(self, *, mode: str | None = None, dynamic: bool | None = None, **options) -> FastGenerator:
@@ -96,17 +94,17 @@ class FastGenerator(Generator):
         # before it (pad=...), so no activation takes a separate padding pass (or, on CUDA, ATen's
         # NCHW-only reflection pad and the layout copies around it).
         h = _reflect(x, 3).contiguous(memory_format=torch.channels_last)
-        h = instance_norm(m[at.stem](h), relu=True)
-        h = instance_norm(m[at.down[0]](h), relu=True)
-        h = instance_norm(m[at.down[1]](h), relu=True, pad=1 if at.num_blocks else 0)
+        h = _conv_norm(m, at.stem, h, relu=True)
+        h = _conv_norm(m, at.down[0], h, relu=True)
+        h = _conv_norm(m, at.down[1], h, relu=True, pad=1 if at.num_blocks else 0)
         first, second = at.block_convs
         for b in at.blocks:  # h: the block input, reflection-padded by 1
             block = m[b].conv_block
-            t = instance_norm(block[first](h), relu=True, pad=1)
-            h = instance_norm(block[second](t), residual=_interior(h, 1), pad=1)
+            t = _conv_norm(block, first, h, relu=True, pad=1)
+            h = _conv_norm(block, second, t, residual=_interior(h, 1), pad=1)
         if at.num_blocks:
             h = _interior(h, 1)
-        h = instance_norm(m[at.up[0]](h), relu=True)
-        h = instance_norm(m[at.up[1]](h), relu=True, pad=3)
+        h = _conv_norm(m, at.up[0], h, relu=True)
+        h = _conv_norm(m, at.up[1], h, relu=True, pad=3)
         out = torch.tanh(m[at.head](h))
         return out.contiguous()  # the reference returns NCHW whatever the input layout (its norms do)

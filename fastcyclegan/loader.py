@@ -8,17 +8,22 @@ from __future__ import annotations
 
 from torch import nn
 
-from .checkpoint import build_generator, clean_state_dict, describe_source, read_state_dict
+from .checkpoint import build_generator, describe_checkpoint
 from .fast import FastGenerator
 from .reference import Generator
 
 
-def load_generator(source, *, map_location="cpu", fast: bool = False) -> nn.Module:
+def load_generator(source, *, map_location="cpu", fast: bool = False, key: str | None = None) -> nn.Module:
     """A `Generator` (or `FastGenerator` with fast=True) holding the weights of `source`.
 
-    `source` is a path to a public-layout checkpoint (`latest_net_G.pth`) or a state dict; the architecture
-    (num_blocks, channels, ngf) is inferred from the keys. Raises ValueError naming the file and the keys
-    that do not fit for anything that is not such a generator.
+    `source` is a checkpoint file (PyTorch or safetensors) or a state dict of any ResNet generator: the
+    public layout (`latest_net_G.pth`) or one trained elsewhere (affine instance norms, `block.` or other
+    names, `module.` / `_orig_mod.` prefixes, nested under one key such as `netG_A`; `key="a/b"` picks one
+    when there are several). num_blocks, channels, ngf and affine are read off the weights. A state dict
+    cannot show the padding: it is taken to be reflection, the public default. Raises ValueError naming the
+    file and the reason for anything else. `model.checkpoint_key` records the key the weights came from.
     """
-    state = clean_state_dict(read_state_dict(source, map_location=map_location))
-    return build_generator(FastGenerator if fast else Generator, state, describe_source(source))
+    spec, taken = describe_checkpoint(source, map_location=map_location, key=key)
+    model = build_generator(FastGenerator if fast else Generator, spec)
+    model.checkpoint_key = taken
+    return model

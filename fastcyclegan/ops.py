@@ -1,5 +1,5 @@
-"""`instance_norm(x, residual=None, *, relu=False, eps=1e-5, pad=0)`: fused IN (+ ReLU) (+ residual) (+ reflection
-pad) as a torch custom op.
+"""`instance_norm(x, residual=None, *, weight=None, bias=None, relu=False, eps=1e-5, pad=0)`: fused IN (+ affine)
+(+ ReLU) (+ residual) (+ reflection pad) as a torch custom op.
 
 The op `torch.ops.fastcyclegan.instance_norm` has a fake (meta) implementation and a registered autograd
 formula, so `torch.compile(fullgraph=True)` traces through it and keeps it as one node. It runs the Triton
@@ -15,7 +15,6 @@ import os
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .layout import memory_format_of, padded_empty, plane_layout
@@ -53,43 +52,61 @@ def _stats_dtype(x: Tensor) -> torch.dtype:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# PyTorch implementation (CPU without the interpreter, float64 anywhere): same maths, same layouts
+# PyTorch implementation (CPU without the interpreter, float64 anywhere): the kernels' maths and numerics,
+# one batched computation for all (N, C) planes in any layout (no loop over images)
 
 
-def _torch_normalize(xf: Tensor, y: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """Writes IN(xf) into y; returns the (N, C) mean and rstd in xf's dtype.
+def _normalize_into(z: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+    """Writes IN(x) * weight + bias into z (x's shape, the statistics' dtype, any strides); returns the
+    (N, C) mean and rstd.
 
-    ATen's batch norm (two-pass statistics in the accumulation dtype) normalizes over every axis but 1:
-    NCHW x is one (1, N*C, H, W) call, a channels-last image one (H*W, C) call, both without copies.
+    As in the kernels, the statistics are of values shifted by each plane's first element, so |mean| >> std
+    keeps its digits: z = x - x[n, c, 0, 0] (a near-white photo's activations lose nothing), then ATen's
+    var_mean, a Welford reduction over every plane at once in any layout, then one affine pass in place:
+    z * scale + (beta - mean_z * scale), whose terms are all of the order of the plane's spread.
     """
-    n, c, h, w = xf.shape
-    if h * w == 1 or n == 0:  # batch norm refuses 1-value planes; their normalized value is 0 (NaN stays NaN)
-        mean = xf.reshape(n, c).clone()
-        y.copy_(xf - xf)
-        return mean, torch.full_like(mean, eps**-0.5)
-    if xf.is_contiguous():
-        planes = [(xf.view(1, n * c, h, w), y.view(1, n * c, h, w))]
-    else:
-        planes = [(xf[i].permute(1, 2, 0).reshape(h * w, c), y[i].permute(1, 2, 0)) for i in range(n)]
-    means, rstds = [], []
-    for src, dst in planes:
-        out, mean, rstd = torch.native_batch_norm(src, None, None, None, None, True, 0.0, eps)
-        dst.copy_(out.view(dst.shape))
-        means.append(mean)
-        rstds.append(rstd)
-    return torch.cat(means).view(n, c), torch.cat(rstds).view(n, c)
+    anchor = x[:, :, :1, :1].to(z.dtype)
+    torch.sub(x, anchor, out=z)
+    var, mean_z = torch.var_mean(z, dim=(2, 3), unbiased=False)
+    rstd = torch.rsqrt(var + eps)
+    scale = rstd if weight is None else rstd * weight.to(rstd.dtype)
+    shift = -mean_z * scale if bias is None else bias.to(rstd.dtype) - mean_z * scale
+    torch.addcmul(shift[:, :, None, None], z, scale[:, :, None, None], out=z)
+    return mean_z + anchor[:, :, 0, 0], rstd
 
 
-def _torch_forward(x: Tensor, residual: Optional[Tensor], relu: bool, eps: float, pad: int):
-    y = torch.empty_like(x)
-    # low precision is upcast first, so the saved statistics are fp32 as the kernels' are
-    mean, rstd = _torch_normalize(x.to(_stats_dtype(x)), y, eps)
+def fill_reflect_border(y: Tensor, pad: int) -> Tensor:
+    """Writes the reflection-padding border of y (N, C, H + 2 pad, W + 2 pad) from its interior, in place."""
+    h, w = y.shape[2] - 2 * pad, y.shape[3] - 2 * pad
+    rows = y[:, :, pad : pad + h]
+    rows[..., :pad].copy_(rows[..., pad + 1 : 2 * pad + 1].flip(-1))  # left columns mirror the interior
+    rows[..., pad + w :].copy_(rows[..., w - 1 : w - 1 + pad].flip(-1))
+    y[:, :, :pad].copy_(y[:, :, pad + 1 : 2 * pad + 1].flip(2))  # then whole rows, corners included
+    y[:, :, pad + h :].copy_(y[:, :, h - 1 : h - 1 + pad].flip(2))
+    return y
+
+
+def _torch_forward(x, residual, weight, bias, relu: bool, eps: float, pad: int):
+    """(y, mean, rstd) as the kernels return them; y written into its padded buffer, interior first."""
+    n, c, h, w = x.shape
+    y = padded_empty(x, pad)
+    stats_dtype = _stats_dtype(x)
+    if x.numel() == 0:
+        empty = torch.empty((n, c), dtype=stats_dtype, device=x.device)
+        return y, empty, empty.clone()
+    interior = y[:, :, pad : pad + h, pad : pad + w] if pad else y
+    # z: where the fp32 (fp64) values live until the end: y's interior itself, or for low precision a
+    # temporary that is rounded into it once, after the activation and the residual add
+    z = interior if y.dtype == stats_dtype else torch.empty_like(x, dtype=stats_dtype)
+    mean, rstd = _normalize_into(z, x, weight, bias, eps)
     if relu:
-        torch.relu_(y)  # keeps NaN
+        z.relu_()  # keeps NaN
     if residual is not None:
-        y.add_(residual)
-    if pad:  # F.pad keeps channels-last on the CPU; the fake impl promises x's memory format either way
-        y = F.pad(y, (pad,) * 4, mode="reflect").contiguous(memory_format=memory_format_of(x))
+        z.add_(residual)
+    if z is not interior:
+        interior.copy_(z)
+    if pad:
+        fill_reflect_border(y, pad)
     return y, mean, rstd
 
 
@@ -110,15 +127,22 @@ def fold_reflect_pad(dy: Tensor, pad: int) -> Tensor:
     return dy
 
 
-def _torch_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, relu: bool) -> Tensor:
-    mean, rstd = mean[:, :, None, None], rstd[:, :, None, None]
-    xhat = (x.to(mean.dtype) - mean) * rstd
+def _torch_backward(dy, x, mean, rstd, weight, bias, relu: bool):
+    """(dx, sum of g, sum of g * xhat) per plane, as the kernels return them."""
+    mean4, rstd4 = mean[:, :, None, None], rstd[:, :, None, None]
+    xhat = (x.to(mean.dtype) - mean4) * rstd4
     g = dy.to(mean.dtype)
+    gamma = None if weight is None else weight.to(mean.dtype)[None, :, None, None]
     if relu:
-        g = torch.where(xhat > 0, g, 0.0)
-    mean_g = g.mean(dim=(2, 3), keepdim=True)
-    mean_gx = (g * xhat).mean(dim=(2, 3), keepdim=True)
-    return torch.empty_like(x).copy_(rstd * (g - mean_g - xhat * mean_gx))
+        z = xhat if weight is None else xhat * gamma + bias.to(mean.dtype)[None, :, None, None]
+        g = torch.where(z > 0, g, 0.0)
+    sum_g = g.sum(dim=(2, 3))
+    sum_gx = (g * xhat).sum(dim=(2, 3))
+    count = x.shape[2] * x.shape[3]
+    mean_g, mean_gx = (sum_g / count)[:, :, None, None], (sum_gx / count)[:, :, None, None]
+    scale = rstd4 if gamma is None else rstd4 * gamma
+    dx = torch.empty_like(x).copy_(scale * (g - mean_g - xhat * mean_gx))
+    return dx, sum_g, sum_gx
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -127,7 +151,13 @@ def _torch_backward(dy: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, relu: boo
 
 @torch.library.custom_op("fastcyclegan::instance_norm", mutates_args=())
 def _instance_norm(
-    x: Tensor, residual: Optional[Tensor], relu: bool, eps: float, pad: int
+    x: Tensor,
+    residual: Optional[Tensor],
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    relu: bool,
+    eps: float,
+    pad: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (y, mean, rstd): y reflection-padded by `pad`; mean and rstd (N, C) in fp32 (fp64 for fp64 x)."""
     x = plane_layout(x)
@@ -135,51 +165,66 @@ def _instance_norm(
         from .kernels import instance_norm_forward
 
         y = padded_empty(x, pad)
-        mean, rstd = instance_norm_forward(x, residual, y, relu=relu, eps=eps)
+        mean, rstd = instance_norm_forward(x, residual, y, weight=weight, bias=bias, relu=relu, eps=eps)
         return y, mean, rstd
     with torch.autocast(x.device.type, enabled=False):  # outputs in x's dtype, as the fake impl promises
-        return _torch_forward(x, residual, relu, eps, pad)
+        return _torch_forward(x, residual, weight, bias, relu, eps, pad)
 
 
 @_instance_norm.register_fake
-def _(x, residual, relu, eps, pad):
+def _(x, residual, weight, bias, relu, eps, pad):
     x = plane_layout(x)
     stats = x.new_empty(x.shape[:2], dtype=_stats_dtype(x))
     return padded_empty(x, pad), stats, torch.empty_like(stats)
 
 
 @torch.library.custom_op("fastcyclegan::instance_norm_backward", mutates_args=())
-def _instance_norm_backward(dz: Tensor, x: Tensor, mean: Tensor, rstd: Tensor, relu: bool) -> Tensor:
-    """dx from the gradient dz of the unpadded output; x is the saved (already plane-laid-out) input."""
+def _instance_norm_backward(
+    dz: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    relu: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, sum of g, sum of g * xhat) from the gradient dz of the unpadded output; x is the saved (already
+    plane-laid-out) input; the sums are per plane, (N, C) in the statistics' dtype."""
     dz = _same_layout(dz, x)
     if use_triton(x):
         from .kernels import instance_norm_backward
 
-        return instance_norm_backward(dz, x, mean, rstd, relu=relu)
+        return instance_norm_backward(dz, x, mean, rstd, weight=weight, bias=bias, relu=relu)
     with torch.autocast(x.device.type, enabled=False):
-        return _torch_backward(dz, x, mean, rstd, relu)
+        return _torch_backward(dz, x, mean, rstd, weight, bias, relu)
 
 
 @_instance_norm_backward.register_fake
-def _(dz, x, mean, rstd, relu):
-    return torch.empty_like(x)
+def _(dz, x, mean, rstd, weight, bias, relu):
+    return torch.empty_like(x), torch.empty_like(mean), torch.empty_like(mean)
 
 
 def _setup_context(ctx, inputs, output):
-    x, residual, relu, _eps, pad = inputs
+    x, residual, weight, bias, relu, _eps, pad = inputs
     _y, mean, rstd = output
-    ctx.save_for_backward(plane_layout(x), mean, rstd)
+    ctx.save_for_backward(plane_layout(x), mean, rstd, weight, bias)
     ctx.relu, ctx.pad = relu, pad
     ctx.has_residual = residual is not None
     ctx.mark_non_differentiable(mean, rstd)
 
 
 def _backward(ctx, dy, _dmean, _drstd):
-    x, mean, rstd = ctx.saved_tensors
+    x, mean, rstd, weight, bias = ctx.saved_tensors
     dz = fold_reflect_pad(dy, ctx.pad) if ctx.pad else dy  # gradient of the unpadded act(IN(x)) + residual
-    dx = _instance_norm_backward(dz, x, mean, rstd, ctx.relu) if ctx.needs_input_grad[0] else None
-    dresidual = dz if ctx.has_residual and ctx.needs_input_grad[1] else None
-    return dx, dresidual, None, None, None
+    need_x, need_residual, need_weight, need_bias = ctx.needs_input_grad[:4]
+    dx = dweight = dbias = None
+    if need_x or need_weight or need_bias:
+        dx, sum_g, sum_gx = _instance_norm_backward(dz, x, mean, rstd, weight, bias, ctx.relu)
+        dx = dx if need_x else None
+        dweight = sum_gx.sum(dim=0).to(weight.dtype) if need_weight else None
+        dbias = sum_g.sum(dim=0).to(bias.dtype) if need_bias else None
+    dresidual = dz if ctx.has_residual and need_residual else None
+    return dx, dresidual, dweight, dbias, None, None, None
 
 
 _instance_norm.register_autograd(_backward, setup_context=_setup_context)
@@ -189,17 +234,40 @@ _instance_norm.register_autograd(_backward, setup_context=_setup_context)
 # public API
 
 
+def _check_affine(x: Tensor, weight, bias) -> None:
+    if (weight is None) != (bias is None):
+        raise ValueError("instance_norm takes weight and bias together (an affine norm has both) or neither")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor) or t.shape != x.shape[1:2] or not t.is_floating_point() or t.device != x.device:
+            got = f"shape {tuple(t.shape)}, {t.dtype} on {t.device}" if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(
+                f"{name} must be a floating-point tensor of shape ({x.shape[1]},) on {x.device} (one value per "
+                f"channel), got {got}"
+            )
+
+
 def instance_norm(
-    x: Tensor, residual: Optional[Tensor] = None, *, relu: bool = False, eps: float = 1e-5, pad: int = 0
+    x: Tensor,
+    residual: Optional[Tensor] = None,
+    *,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    relu: bool = False,
+    eps: float = 1e-5,
+    pad: int = 0,
 ) -> Tensor:
-    """y = IN(x), then relu(y) if `relu`, then y + residual if given, written reflection-padded by `pad`.
+    """y = IN(x) * weight + bias (affine, when given), then relu(y) if `relu`, then y + residual if given,
+    written reflection-padded by `pad`.
 
     x: (N, C, H, W) fp16/bf16/fp32/fp64, NCHW or channels-last; the output, (N, C, H + 2 pad, W + 2 pad),
     keeps x's dtype and memory format. `pad` equals `F.pad(y, (pad,) * 4, mode="reflect")` without the
     extra pass: the next 3x3 (pad=1) or 7x7 (pad=3) conv reads the output directly. residual: None or a
     tensor of x's shape, dtype and device, any strides (the interior view of a padded output works).
-    Statistics are per (image, channel) over H*W, without affine parameters, as in `nn.InstanceNorm2d(C)`;
-    they accumulate in fp32 (fp64 for fp64 x).
+    weight, bias: None (as in `nn.InstanceNorm2d(C)`) or both (C,) float tensors (`affine=True`), any float
+    dtype; both get gradients. Statistics are per (image, channel) over H*W and accumulate in fp32 (fp64 for
+    fp64 x).
     """
     if not isinstance(x, Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -216,8 +284,11 @@ def instance_norm(
                 f"residual must match x: expected shape {tuple(x.shape)}, {x.dtype} on {x.device}, "
                 f"got shape {tuple(residual.shape)}, {residual.dtype} on {residual.device}"
             )
+    _check_affine(x, weight, bias)
     if not 0 <= pad < min(x.shape[2], x.shape[3]):
         raise ValueError(
             f"reflection padding needs 0 <= pad < H and W: got pad={pad} for H x W = {x.shape[2]}x{x.shape[3]}"
         )
-    return torch.ops.fastcyclegan.instance_norm(x, residual, relu, float(eps), int(pad))[0]
+    if weight is not None:
+        weight, bias = weight.contiguous(), bias.contiguous()  # the kernels index them with stride 1
+    return torch.ops.fastcyclegan.instance_norm(x, residual, weight, bias, relu, float(eps), int(pad))[0]

@@ -36,6 +36,11 @@ class GeneratorLayout:
     first_block: int = 10
     block_convs: tuple[int, int] = (1, 5)  # indices inside a ResidualBlock's conv_block
 
+    @staticmethod
+    def norm_after(conv: int) -> int:
+        """Index of the instance norm that follows the conv at `conv` (in the Sequential or in a block)."""
+        return conv + 1
+
     @property
     def blocks(self) -> range:
         return range(self.first_block, self.first_block + self.num_blocks)
@@ -63,39 +68,42 @@ class GeneratorLayout:
         return keys + [f"model.{i}" for i in (*self.up, self.head)]
 
 
-def instance_norm(channels: int) -> nn.InstanceNorm2d:
-    """The paper's norm: per-image, per-channel statistics, no affine parameters, no running stats."""
-    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+def instance_norm(channels: int, affine: bool = False) -> nn.InstanceNorm2d:
+    """The paper's norm: per-image, per-channel statistics, no running stats, and no affine parameters
+    unless asked (many generators trained elsewhere learn a per-channel scale and shift)."""
+    return nn.InstanceNorm2d(channels, affine=affine, track_running_stats=False)
 
 
 class ResidualBlock(nn.Module):
-    """R_k: pad, conv3x3, IN, ReLU, pad, conv3x3, IN; returns x + block(x). Keys conv_block.1.* and conv_block.5.*."""
+    """R_k: pad, conv3x3, IN, ReLU, pad, conv3x3, IN; returns x + block(x). Keys conv_block.1.* and conv_block.5.*
+    (and conv_block.2.*, conv_block.6.* for affine norms)."""
 
-    def __init__(self, channels: int = 256):
+    def __init__(self, channels: int = 256, affine: bool = False):
         super().__init__()
         self.conv_block = nn.Sequential(
             nn.ReflectionPad2d(1),
             nn.Conv2d(channels, channels, 3),
-            instance_norm(channels),
+            instance_norm(channels, affine),
             nn.ReLU(inplace=True),
             nn.ReflectionPad2d(1),
             nn.Conv2d(channels, channels, 3),
-            instance_norm(channels),
+            instance_norm(channels, affine),
         )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.conv_block(x)
 
 
-def _down(in_channels: int, out_channels: int) -> list[nn.Module]:
+def _down(in_channels: int, out_channels: int, affine: bool) -> list[nn.Module]:
     """d_k: 3x3 stride-2 conv, IN, ReLU."""
-    return [nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1), instance_norm(out_channels), nn.ReLU(True)]
+    conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+    return [conv, instance_norm(out_channels, affine), nn.ReLU(True)]
 
 
-def _up(in_channels: int, out_channels: int) -> list[nn.Module]:
+def _up(in_channels: int, out_channels: int, affine: bool) -> list[nn.Module]:
     """u_k: 3x3 fractionally strided conv (exactly doubles H and W), IN, ReLU."""
     conv = nn.ConvTranspose2d(in_channels, out_channels, 3, stride=2, padding=1, output_padding=1)
-    return [conv, instance_norm(out_channels), nn.ReLU(True)]
+    return [conv, instance_norm(out_channels, affine), nn.ReLU(True)]
 
 
 class Generator(nn.Module):
@@ -105,7 +113,9 @@ class Generator(nn.Module):
     so H' == H when H is a multiple of 4. Values of the output lie in [-1, 1] (Tanh).
     """
 
-    def __init__(self, num_blocks: int = 9, in_channels: int = 3, out_channels: int = 3, ngf: int = 64):
+    def __init__(
+        self, num_blocks: int = 9, in_channels: int = 3, out_channels: int = 3, ngf: int = 64, affine: bool = False
+    ):
         super().__init__()
         if num_blocks < 0 or in_channels < 1 or out_channels < 1 or ngf < 1:
             raise ValueError(
@@ -116,15 +126,16 @@ class Generator(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.ngf = ngf
+        self.affine = affine
         layers: list[nn.Module] = [  # c7s1-64 (indices 0-3)
             nn.ReflectionPad2d(3),
             nn.Conv2d(in_channels, ngf, 7),
-            instance_norm(ngf),
+            instance_norm(ngf, affine),
             nn.ReLU(True),
         ]
-        layers += _down(ngf, ngf * 2) + _down(ngf * 2, ngf * 4)  # d128, d256 (4-9)
-        layers += [ResidualBlock(ngf * 4) for _ in range(num_blocks)]  # R256 x n, each with its own weights
-        layers += _up(ngf * 4, ngf * 2) + _up(ngf * 2, ngf)  # u128, u64
+        layers += _down(ngf, ngf * 2, affine) + _down(ngf * 2, ngf * 4, affine)  # d128, d256 (4-9)
+        layers += [ResidualBlock(ngf * 4, affine) for _ in range(num_blocks)]  # R256 x n, each its own weights
+        layers += _up(ngf * 4, ngf * 2, affine) + _up(ngf * 2, ngf, affine)  # u128, u64
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh()]  # c7s1-3
         self.model = nn.Sequential(*layers)
         self.layout = GeneratorLayout(num_blocks)

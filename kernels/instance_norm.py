@@ -3,10 +3,11 @@
 Every (image n, channel c) plane of x (N, C, H, W) is normalized over its P = H * W positions:
 
     mean = sum(x) / P        var = sum((x - mean)^2) / P        rstd = 1 / sqrt(var + eps)
-    xhat = (x - mean) * rstd
-    forward:   y  = act(xhat) + r              act = relu or identity, r = residual or 0
-    backward:  g  = dy * act'(xhat)            (act' = [xhat > 0] for relu, 1 otherwise)
-               dx = rstd * (g - mean(g) - xhat * mean(g * xhat))          d residual = dy
+    xhat = (x - mean) * rstd        z = xhat * weight[c] + bias[c]      (AFFINE; else z = xhat)
+    forward:   y  = act(z) + r                 act = relu or identity, r = residual or 0
+    backward:  g  = dy * act'(z)               (act' = [z > 0] for relu, 1 otherwise)
+               dx = rstd * weight[c] * (g - mean(g) - xhat * mean(g * xhat))       d residual = dy
+               d weight[c] = sum over n and the plane of g * xhat     d bias[c] = sum of g
 
 All statistics are fp32 whatever the storage dtype (fp32, fp16, bf16). The variance is never E[x^2] - E[x]^2:
 every register lane runs Welford's update over the positions it visits, and the lanes, then the chunks, are
@@ -85,12 +86,24 @@ def _saved_stats(mean_ptr, rstd_ptr, n, offs_c, n_channels):
 
 
 @triton.jit
-def _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, RELU: tl.constexpr):
-    """The tile's normalized input and the gradient reaching the norm (dy through relu's mask) in fp32."""
+def _affine(w_ptr, b_ptr, offs_c, n_channels, AFFINE: tl.constexpr):
+    """(gamma, beta) of the channels offs_c in fp32 [BLOCK_C]: the learned weight and bias, or 1 and 0."""
+    if AFFINE:
+        gamma = tl.load(w_ptr + offs_c, mask=offs_c < n_channels, other=1.0).to(tl.float32)
+        beta = tl.load(b_ptr + offs_c, mask=offs_c < n_channels, other=0.0).to(tl.float32)
+    else:
+        gamma = tl.full([offs_c.shape[0]], 1.0, tl.float32)
+        beta = tl.zeros([offs_c.shape[0]], tl.float32)
+    return gamma, beta
+
+
+@triton.jit
+def _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, gamma, beta, RELU: tl.constexpr):
+    """The tile's normalized input and the gradient reaching the affine map (dy through relu's mask), fp32."""
     xhat = (tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32) - mean[None, :]) * rstd[None, :]
     g = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if RELU:
-        g = tl.where(xhat > 0.0, g, 0.0)
+        g = tl.where(xhat * gamma[None, :] + beta[None, :] > 0.0, g, 0.0)
     return xhat, g
 
 
@@ -165,6 +178,8 @@ def _in_fwd_apply_kernel(
     part_m2_ptr,  # fp32 (N, C, split), from the stats kernel
     mean_ptr,  # fp32 (N, C): the plane means, saved for the backward
     rstd_ptr,  # fp32 (N, C): 1 / sqrt(var + eps), saved for the backward
+    w_ptr,  # the affine weight (C,) (read only when AFFINE)
+    b_ptr,  # the affine bias (C,) (read only when AFFINE)
     height,
     width,
     n_channels,
@@ -187,6 +202,7 @@ def _in_fwd_apply_kernel(
     y_stride_w,
     PAD: tl.constexpr,  # reflection padding written around the output (0: none)
     FLAT: tl.constexpr,  # no padding and the residual and y share x's strides: address positions as one axis
+    AFFINE: tl.constexpr,  # scale by weight[c] and add bias[c] after the normalization
     RELU: tl.constexpr,  # apply max(., 0) after the norm (NaN stays NaN)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the norm (and the ReLU)
     SPLIT_BLOCK: tl.constexpr,  # next power of two >= split
@@ -208,6 +224,7 @@ def _in_fwd_apply_kernel(
     delta = tl.where(part_count > 0, part_mean - mean[None, :], 0.0)
     var = tl.sum(part_m2 + part_count * delta * delta, axis=0) / n_pos
     rstd = 1.0 / tl.sqrt(var + eps)
+    gamma, beta = _affine(w_ptr, b_ptr, offs_c, n_channels, AFFINE)
     if s == 0:
         stats = n.to(tl.int64) * n_channels + offs_c
         tl.store(mean_ptr + stats, shift + mean, mask=offs_c < n_channels)
@@ -236,6 +253,8 @@ def _in_fwd_apply_kernel(
             )
         x = tl.load(x_ptr + src, mask=mask, other=0.0).to(tl.float32)
         y = ((x - shift[None, :]) - mean[None, :]) * rstd[None, :]
+        if AFFINE:
+            y = y * gamma[None, :] + beta[None, :]
         if RELU:
             y = tl.where(y < 0.0, 0.0, y)
         if HAS_RESIDUAL:
@@ -253,6 +272,8 @@ def _in_bwd_reduce_kernel(
     x_ptr,  # the forward input, (N, C, P) through the strides
     mean_ptr,  # fp32 (N, C), saved by the forward
     rstd_ptr,  # fp32 (N, C), saved by the forward
+    w_ptr,  # the affine weight (C,) (read only when AFFINE)
+    b_ptr,  # the affine bias (C,) (read only when AFFINE)
     part_g_ptr,  # fp32 (N, C, split): sum of g over each chunk
     part_gx_ptr,  # fp32 (N, C, split): sum of g * xhat over each chunk
     n_pos,
@@ -262,6 +283,7 @@ def _in_bwd_reduce_kernel(
     stride_n,
     stride_c,
     stride_p,
+    AFFINE: tl.constexpr,
     RELU: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -269,11 +291,12 @@ def _in_bwd_reduce_kernel(
     n, offs_c = _program_plane(n_channels, BLOCK_C)
     s, start, end = _program_chunk(n_pos, chunk)
     stats, mean, rstd = _saved_stats(mean_ptr, rstd_ptr, n, offs_c, n_channels)
+    gamma, beta = _affine(w_ptr, b_ptr, offs_c, n_channels, AFFINE)
     sum_g = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)  # per lane, reduced once after the loop
     sum_gx = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for p0 in range(start, end, BLOCK_P):
         offsets, mask = _tile(n, offs_c, p0, end, n_channels, stride_n, stride_c, stride_p, BLOCK_P)
-        xhat, g = _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, RELU)
+        xhat, g = _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, gamma, beta, RELU)
         sum_g += g
         sum_gx += g * xhat
     index = stats * split + s
@@ -288,6 +311,8 @@ def _in_bwd_apply_kernel(
     dx_ptr,  # the input gradient, same strides as x
     mean_ptr,  # fp32 (N, C)
     rstd_ptr,  # fp32 (N, C)
+    w_ptr,  # the affine weight (C,) (read only when AFFINE)
+    b_ptr,  # the affine bias (C,) (read only when AFFINE)
     part_g_ptr,  # fp32 (N, C, split), from the reduce kernel
     part_gx_ptr,  # fp32 (N, C, split), from the reduce kernel
     n_pos,
@@ -297,6 +322,7 @@ def _in_bwd_apply_kernel(
     stride_n,
     stride_c,
     stride_p,
+    AFFINE: tl.constexpr,
     RELU: tl.constexpr,
     SPLIT_BLOCK: tl.constexpr,
     BLOCK_P: tl.constexpr,
@@ -305,12 +331,13 @@ def _in_bwd_apply_kernel(
     n, offs_c = _program_plane(n_channels, BLOCK_C)
     s, start, end = _program_chunk(n_pos, chunk)
     _, mean, rstd = _saved_stats(mean_ptr, rstd_ptr, n, offs_c, n_channels)
+    gamma, beta = _affine(w_ptr, b_ptr, offs_c, n_channels, AFFINE)
     mean_g = tl.sum(_partials(part_g_ptr, n, offs_c, n_channels, split, SPLIT_BLOCK), axis=0) / n_pos
     mean_gx = tl.sum(_partials(part_gx_ptr, n, offs_c, n_channels, split, SPLIT_BLOCK), axis=0) / n_pos
     for p0 in range(start, end, BLOCK_P):
         offsets, mask = _tile(n, offs_c, p0, end, n_channels, stride_n, stride_c, stride_p, BLOCK_P)
-        xhat, g = _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, RELU)
-        dx = rstd[None, :] * (g - mean_g[None, :] - xhat * mean_gx[None, :])
+        xhat, g = _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, gamma, beta, RELU)
+        dx = (rstd * gamma)[None, :] * (g - mean_g[None, :] - xhat * mean_gx[None, :])
         tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -399,13 +426,16 @@ def instance_norm_forward(
     residual: torch.Tensor | None,
     out: torch.Tensor,
     *,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
     relu: bool,
     eps: float,
     split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Writes act(IN(x)) (+ residual) into `out`, reflection-padded by (out's H - x's H) / 2, and returns the
-    fp32 (N, C) mean and rstd. x: (N, C, H, W), (N, C, P)-collapsible; residual: x's shape, any strides;
-    out: (N, C, H + 2 pad, W + 2 pad) in x's dtype, any strides. `split` forces the chunks per plane."""
+    """Writes act(IN(x) * weight + bias) (+ residual) into `out`, reflection-padded by (out's H - x's H) / 2,
+    and returns the fp32 (N, C) mean and rstd. x: (N, C, H, W), (N, C, P)-collapsible; residual: x's shape,
+    any strides; weight, bias: both (C,) contiguous or both None; out: (N, C, H + 2 pad, W + 2 pad) in x's
+    dtype, any strides. `split` forces the chunks per plane."""
     n, c, h, w = x.shape
     pad = (out.shape[2] - h) // 2
     mean = torch.empty((n, c), device=x.device, dtype=torch.float32)
@@ -442,6 +472,8 @@ def instance_norm_forward(
         part_m2_ptr=part_m2,
         mean_ptr=mean,
         rstd_ptr=rstd,
+        w_ptr=x if weight is None else weight,  # valid pointers even when AFFINE is off
+        b_ptr=x if bias is None else bias,
         height=h,
         width=w,
         n_channels=c,
@@ -464,6 +496,7 @@ def instance_norm_forward(
         y_stride_w=out.stride(3),
         PAD=pad,
         FLAT=pad == 0 and res.stride() == x.stride() == out.stride(),
+        AFFINE=weight is not None,
         RELU=relu,
         HAS_RESIDUAL=residual is not None,
         SPLIT_BLOCK=triton.next_power_of_2(stats_plan.split),
@@ -480,15 +513,19 @@ def instance_norm_backward(
     mean: torch.Tensor,
     rstd: torch.Tensor,
     *,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
     relu: bool,
     split: int | None = None,
-) -> torch.Tensor:
-    """dx of y = act(IN(x)) (+ residual), in x's dtype and layout; the residual's gradient is dy itself.
-    dy: x's shape and strides; mean, rstd: the forward's fp32 (N, C)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, sum of g, sum of g * xhat) of y = act(IN(x) * weight + bias) (+ residual): dx in x's dtype and
+    layout; the sums are fp32 (N, C) per plane, so d bias = sum_g.sum(0) and d weight = sum_gx.sum(0). The
+    residual's gradient is dy itself. dy: x's shape and strides; mean, rstd: the forward's fp32 (N, C)."""
     n, c, h, w = x.shape
     dx = torch.empty_like(x)
     if x.numel() == 0:
-        return dx
+        zeros = torch.zeros((n, c), device=x.device, dtype=torch.float32)
+        return dx, zeros, zeros.clone()
     cfg = plan(n, c, h * w, _is_channels_last(x), x.device, split)
     part_g = torch.empty((n, c, cfg.split), device=x.device, dtype=torch.float32)
     part_gx = torch.empty_like(part_g)
@@ -501,6 +538,9 @@ def instance_norm_backward(
         stride_n=stride_n,
         stride_c=stride_c,
         stride_p=stride_p,
+        w_ptr=x if weight is None else weight,
+        b_ptr=x if bias is None else bias,
+        AFFINE=weight is not None,
         RELU=relu,
         BLOCK_P=cfg.block_p,
         BLOCK_C=cfg.block_c,
@@ -521,4 +561,4 @@ def instance_norm_backward(
         SPLIT_BLOCK=triton.next_power_of_2(cfg.split),
         **common,
     )
-    return dx
+    return dx, part_g.sum(dim=2), part_gx.sum(dim=2)

@@ -119,8 +119,8 @@ def test_from_module_copies_dtype_and_mode_and_unwraps_dataparallel():
     [
         (PublicResnetGenerator(ngf=8, n_blocks=2, use_dropout=True), "dropout"),
         (PublicResnetGenerator(ngf=8, n_blocks=2, norm="batch"), "batch norm"),
-        (PublicResnetGenerator(ngf=8, n_blocks=2, padding_type="replicate"), "replication"),
-        (torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3)), "not a CycleGAN ResNet generator"),
+        (PublicResnetGenerator(ngf=8, n_blocks=2, padding_type="replicate"), r"replicate padding.*conv_block\.0"),
+        (torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3)), "is no ResNet generator: conv '0'"),
         ("latest_net_G.pth", "expects an nn.Module"),
     ],
 )

@@ -25,13 +25,29 @@ SHAPES = [
     ((2, 67, 9, 8), 4),
     ((0, 4, 6, 6), None),
 ]
-# (relu, residual, reflection pad written around the output): the generator uses the last four
-MODES = [(False, False, 0), (True, False, 0), (True, False, 1), (False, True, 1), (True, True, 3)]
+# (relu, residual, reflection pad written around the output, affine): the generator uses the last six
+MODES = [
+    (False, False, 0, False),
+    (True, False, 0, False),
+    (True, False, 1, False),
+    (False, True, 1, False),
+    (True, True, 3, False),
+    (True, False, 1, True),
+    (False, True, 1, True),
+]
 
 
 def _mode_id(mode):
-    relu, residual, pad = mode
-    return "in" + "+relu" * relu + "+add" * residual + f"+pad{pad}" * bool(pad)
+    relu, residual, pad, affine = mode
+    return "in" + "+affine" * affine + "+relu" * relu + "+add" * residual + f"+pad{pad}" * bool(pad)
+
+
+def _affine_params(c, affine, dtype=torch.float32, device="cpu"):
+    """A learned-looking scale (0.5 .. 1.5, some negative) and shift, or (None, None)."""
+    if not affine:
+        return None, None
+    weight = (torch.rand(c, device=device) + 0.5) * torch.where(torch.arange(c, device=device) % 5 == 4, -1.0, 1.0)
+    return weight.to(dtype), (torch.randn(c, device=device) * 0.5).to(dtype)
 
 
 def _every_case(test):
@@ -60,10 +76,10 @@ def _pad_for(shape, pad):
     return min(pad, shape[2] - 1, shape[3] - 1)  # reflection needs pad < H and W (a 1x1 plane takes none)
 
 
-def _forward(x, residual=None, relu=False, pad=0, split=None):
+def _forward(x, residual=None, relu=False, pad=0, split=None, weight=None, bias=None):
     """The forward launcher on its own: (y, mean, rstd) with y allocated as the op allocates it."""
     y = padded_empty(x, pad)
-    mean, rstd = instance_norm_forward(x, residual, y, relu=relu, eps=1e-5, split=split)
+    mean, rstd = instance_norm_forward(x, residual, y, weight=weight, bias=bias, relu=relu, eps=1e-5, split=split)
     return y, mean, rstd
 
 
@@ -76,36 +92,48 @@ def test_reference_equals_torch_instance_norm():
 def test_forward_and_gradients_match_float64(shape, split, dtype, channels_last, mode):
     """One forward checked against float64, then its backward against float64 autograd (the kernels directly
     when a split is forced, the public op and its autograd formula otherwise)."""
-    relu, has_residual, pad = mode
+    relu, has_residual, pad, affine = mode
     pad = _pad_for(shape, pad)
     x, r = _inputs(shape, dtype, channels_last, has_residual, pad)
     n, c, h, w = shape
+    weight, bias = _affine_params(c, affine)
     dy = to_format(torch.randn(n, c, h + 2 * pad, w + 2 * pad), channels_last).to(dtype)
     if split is None:
         xg = x.clone().requires_grad_()
         rg = r.clone().requires_grad_() if has_residual else None
-        y = ops.instance_norm(xg, rg, relu=relu, pad=pad)
+        wg, bg = (weight.clone().requires_grad_(), bias.clone().requires_grad_()) if affine else (None, None)
+        y = ops.instance_norm(xg, rg, weight=wg, bias=bg, relu=relu, pad=pad)
     else:
-        y, mean, rstd = _forward(x, r, relu, pad, split)
+        y, mean, rstd = _forward(x, r, relu, pad, split, weight, bias)
     assert y.dtype == dtype and y.shape == (n, c, h + 2 * pad, w + 2 * pad)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    assert_close(y, reference_instance_norm(x, r, relu, pad=pad), dtype, "forward")
+    assert_close(y, reference_instance_norm(x, r, relu, pad=pad, weight=weight, bias=bias), dtype, "forward")
 
     x64 = x.double().requires_grad_()
     r64 = r.double().requires_grad_() if has_residual else None
-    reference_instance_norm(x64, r64, relu, pad=pad).backward(dy.double())
+    w64, b64 = (weight.double().requires_grad_(), bias.double().requires_grad_()) if affine else (None, None)
+    reference_instance_norm(x64, r64, relu, pad=pad, weight=w64, bias=b64).backward(dy.double())
     if split is None:
         y.backward(dy)
         dx, dr = xg.grad, (rg.grad if has_residual else None)
+        dw, db = (wg.grad, bg.grad) if affine else (None, None)
     else:
         dz = fold_reflect_pad(dy, pad) if pad else dy
-        dx, dr = instance_norm_backward(dz, x, mean, rstd, relu=relu, split=split), dz
+        dx, sum_g, sum_gx = instance_norm_backward(dz, x, mean, rstd, weight=weight, bias=bias, relu=relu, split=split)
+        dr, dw, db = dz, sum_gx.sum(0), sum_g.sum(0)
     assert dx.dtype == dtype and dx.shape == x.shape
-    # Where xhat is within rounding of 0, fp32 and float64 may disagree on relu's mask: leave those out.
-    settled = reference_instance_norm(x).abs() > 1e-4 if relu else torch.ones(shape, dtype=torch.bool)
+    # Where relu's input is within rounding of 0, fp32 and float64 may disagree on its mask: leave those out
+    # (and the planes that hold such positions, for the weight and bias sums).
+    pre = reference_instance_norm(x, weight=weight, bias=bias)
+    settled = pre.abs() > 1e-3 if relu else torch.ones(shape, dtype=torch.bool)
     assert_close(dx[settled], x64.grad[settled], dtype, "dx")
     if has_residual:
         assert_close(dr, r64.grad, dtype, "d residual")
+    if affine and n:
+        clean = settled.all(dim=(0, 2, 3))  # channels without an unsettled position
+        scale = max(1.0, n * h * w / 16)  # sums over N * P values: their error grows with the count
+        for name, got, want in (("d weight", dw, w64.grad), ("d bias", db, b64.grad)):
+            assert_close(got[clean] / scale, want[clean] / scale, dtype, name)
 
 
 def test_split_chunks_match_single_chunk():
@@ -142,8 +170,8 @@ def test_large_mean_keeps_precision(monkeypatch):
     for split in (1, 4):
         y = _forward(x, split=split)[0]
         torch.testing.assert_close(y.double(), reference_instance_norm(x), atol=1e-4, rtol=0)
-    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the PyTorch path: ATen's two-pass, unshifted fp32 mean
-    torch.testing.assert_close(ops.instance_norm(x).double(), reference_instance_norm(x), atol=2e-3, rtol=0)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the PyTorch path: ATen's Welford with double accumulators
+    torch.testing.assert_close(ops.instance_norm(x).double(), reference_instance_norm(x), atol=1e-4, rtol=0)
     naive_var = (x * x).mean((2, 3)) - x.mean((2, 3)) ** 2
     assert (naive_var - x.double().var((2, 3), unbiased=False)).abs().max() > 0.1  # the test can tell them apart
 
@@ -170,21 +198,30 @@ def test_float64_runs_through_pytorch():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("shape", [(2, 6, 9, 7), (1, 3, 1, 1), (0, 3, 4, 4)], ids=str)
-def test_pytorch_fallback_matches_reference_and_kernels(monkeypatch, shape, channels_last, dtype):
+@pytest.mark.parametrize("pad, affine", [(0, False), (1, True), (3, False)], ids=["plain", "pad1-affine", "pad3"])
+def test_pytorch_fallback_matches_reference_and_kernels(monkeypatch, shape, channels_last, dtype, pad, affine):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    pad = _pad_for(shape, pad)
     x, r = _inputs(shape, dtype, channels_last, True)
+    weight, bias = _affine_params(shape[1], affine)
     assert not ops.use_triton(x)
     xg = x.clone().requires_grad_()
-    y = ops.instance_norm(xg, r, relu=True)
+    wg, bg = (weight.clone().requires_grad_(), bias.clone().requires_grad_()) if affine else (None, None)
+    y = ops.instance_norm(xg, r, weight=wg, bias=bg, relu=True, pad=pad)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     assert y.dtype == dtype
-    assert_close(y, reference_instance_norm(x, r, relu=True), dtype, "fallback forward")
-    dy = torch.randn_like(x)
+    expected = reference_instance_norm(x, r, relu=True, pad=pad, weight=weight, bias=bias)
+    assert_close(y, expected, dtype, "fallback forward")
+    dy = torch.randn_like(y)
     y.backward(dy)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton reads it at launch too
-    _, mean, rstd = _forward(x, r, relu=True)
-    kernel_dx = instance_norm_backward(dy, x, mean, rstd, relu=True)
+    _, mean, rstd = _forward(x, r, relu=True, weight=weight, bias=bias)
+    dz = fold_reflect_pad(dy, pad) if pad else dy
+    kernel_dx, sum_g, sum_gx = instance_norm_backward(dz, x, mean, rstd, weight=weight, bias=bias, relu=True)
     assert_close(xg.grad, kernel_dx, dtype, "fallback dx")
+    if affine:
+        assert_close(wg.grad, sum_gx.sum(0), torch.float32, "fallback d weight")
+        assert_close(bg.grad, sum_g.sum(0), torch.float32, "fallback d bias")
 
 
 def test_other_layouts_and_mixed_residual_layout():
@@ -238,17 +275,20 @@ def test_fold_reflect_pad_is_the_gradient_of_reflection_padding(pad, channels_la
 def test_opcheck(residual):
     x = torch.randn(2, 5, 6, 7, requires_grad=True)
     r = torch.randn(2, 5, 6, 7, requires_grad=True) if residual else None
-    torch.library.opcheck(torch.ops.fastcyclegan.instance_norm.default, (x, r, True, 1e-5, 0))
-    torch.library.opcheck(torch.ops.fastcyclegan.instance_norm.default, (x, r, False, 1e-5, 2))
+    w = torch.rand(5, requires_grad=True)
+    b = torch.randn(5, requires_grad=True)
+    op = torch.ops.fastcyclegan.instance_norm.default
+    torch.library.opcheck(op, (x, r, None, None, True, 1e-5, 0))
+    torch.library.opcheck(op, (x, r, w, b, False, 1e-5, 2))
     xcl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
-    torch.library.opcheck(torch.ops.fastcyclegan.instance_norm.default, (xcl, None, False, 1e-5, 1))
+    torch.library.opcheck(op, (xcl, None, w, b, True, 1e-5, 1))
 
 
 def test_opcheck_backward_op():
     x = torch.randn(2, 5, 6, 7)
     _, mean, rstd = _forward(x, relu=True)
     torch.library.opcheck(
-        torch.ops.fastcyclegan.instance_norm_backward.default, (torch.randn_like(x), x, mean, rstd, True)
+        torch.ops.fastcyclegan.instance_norm_backward.default, (torch.randn_like(x), x, mean, rstd, None, None, True)
     )
 
 
@@ -283,15 +323,17 @@ def test_compile_fullgraph_keeps_the_op_and_matches_eager():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(1, 256, 64, 64), (2, 64, 128, 128), (3, 70, 33, 31)], ids=str)
 def test_cuda_kernels_match_reference(shape, dtype):
-    for channels_last, pad in ((False, 0), (True, 0), (True, 1), (False, 3)):
+    for channels_last, pad, affine in ((False, 0, False), (True, 0, True), (True, 1, False), (False, 3, True)):
         x, r = _inputs(shape, dtype, channels_last, True, pad, device="cuda")
         x = x.requires_grad_()
-        y = ops.instance_norm(x, r, relu=True, pad=pad)
-        expected = reference_instance_norm(x.detach().cpu(), r.cpu(), relu=True, pad=pad)
+        weight, bias = _affine_params(shape[1], affine, device="cuda")
+        y = ops.instance_norm(x, r, weight=weight, bias=bias, relu=True, pad=pad)
+        w, b = (weight.cpu(), bias.cpu()) if affine else (None, None)
+        expected = reference_instance_norm(x.detach().cpu(), r.cpu(), relu=True, pad=pad, weight=w, bias=b)
         assert_close(y.cpu(), expected, dtype, f"cuda forward, pad {pad}")
         dy = torch.randn_like(y)
         y.backward(dy)
         x64 = x.detach().cpu().double().requires_grad_()
-        reference_instance_norm(x64, r.cpu(), relu=True, pad=pad).backward(dy.cpu().double())
-        settled = reference_instance_norm(x.detach().cpu()).abs() > 1e-3
+        reference_instance_norm(x64, r.cpu(), relu=True, pad=pad, weight=w, bias=b).backward(dy.cpu().double())
+        settled = reference_instance_norm(x.detach().cpu(), weight=w, bias=b).abs() > 1e-3
         assert_close(x.grad.cpu()[settled], x64.grad[settled], dtype, f"cuda dx, pad {pad}")

@@ -1,6 +1,7 @@
 """bench/gpu_check.sh in its CPU smoke mode (the one run of the bench suites in `make test`), and
 fastcyclegan report on the JSON it wrote and on every kind of bad input."""
 
+import fcntl
 import json
 import os
 import pathlib
@@ -18,21 +19,26 @@ from fastcyclegan.report import CSV_COLUMNS, ReportError, find_result_files, rep
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def gpu_check_smoke(tmp_path_factory):
-    """`bench/gpu_check.sh` in its CPU smoke mode, run once per session: (its $OUT folder, the finished process).
-
-    It is the one run of the benchmark suites in `make test` (every phase, every backend, the report), and
-    the report tests read the JSON it writes.
-    """
-    out = tmp_path_factory.mktemp("gpu_check")
-    # as on the GPU machine: the script's processes choose for themselves (no TRITON_INTERPRET), and they are
-    # no pytest-xdist workers (pytest-benchmark turns itself off in one and would write no JSON)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST_")}
-    env.update(FCG_SMOKE="1", OUT=str(out), PYTHON=sys.executable)
-    done = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
-    return out, done
+@pytest.fixture(scope="session")
+def gpu_check_smoke(tmp_path_factory, worker_id):
+    """(its $OUT folder, the finished process) of `bench/gpu_check.sh` in its CPU smoke mode, run once per
+    test run: the one run of the bench suites in `make test`. Under pytest-xdist the first worker that needs
+    it runs it while holding a lock, and the others read what it left."""
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    out, record = shared / "gpu_check", shared / "gpu_check.json"
+    with open(shared / "gpu_check.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            out.mkdir(exist_ok=True)
+            # as on the GPU machine: the script's processes choose for themselves (no TRITON_INTERPRET), and
+            # they are no pytest-xdist workers (pytest-benchmark turns itself off in one: no JSON)
+            env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST_")}
+            env.update(FCG_SMOKE="1", OUT=str(out), PYTHON=sys.executable)
+            done = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True,
+                                  text=True, timeout=600)  # fmt: skip
+            record.write_text(json.dumps({"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}))
+    result = json.loads(record.read_text())
+    return out, subprocess.CompletedProcess(["bash", "bench/gpu_check.sh"], **result)
 
 
 @pytest.mark.slow
