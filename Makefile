@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest tests -q -n 2
+	$(PY) -m pytest tests -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) -m pytest bench --benchmark-autosave -q

@@ -34,6 +34,15 @@ def _conv_norm(layers: nn.Sequential, conv: int, h: Tensor, **fused) -> Tensor:
     return instance_norm(layers[conv](h), weight=norm.weight, bias=norm.bias, eps=norm.eps, **fused)
 
 
+def memory_format_for(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
+    """channels-last on GPUs (cuDNN's NHWC kernels, no layout copies) and for half precision on a CPU
+    (oneDNN's NCHW bf16 convs are many times slower on CPUs without native bf16); NCHW for fp32 on a CPU,
+    where oneDNN's NCHW convs and the op's batch-norm path are faster (bench/results/TUNING.md, CPU)."""
+    if device.type == "cpu" and dtype in (torch.float32, torch.float64):
+        return torch.contiguous_format
+    return torch.channels_last
+
+
 def min_input_size(num_blocks: int) -> int:
     """Smallest H and W the reflection pads accept: 4 (7x7 stem), 5 with residual blocks (their 1-pixel pad
     needs >= 2 positions after two stride-2 convs: ceil(ceil(H / 2) / 2) >= 2)."""
@@ -47,7 +56,19 @@ class FastGenerator(Generator):
         self, num_blocks: int = 9, in_channels: int = 3, out_channels: int = 3, ngf: int = 64, affine: bool = False
     ):
         super().__init__(num_blocks, in_channels, out_channels, ngf, affine)
-        self.to(memory_format=torch.channels_last)  # cuDNN picks NHWC kernels when weights are NHWC too
+        self._apply(lambda t: t)  # conv weights in the memory format of their device and dtype
+
+    def _apply(self, fn, recurse=True):
+        """Every move or cast (.to, .cuda, .bfloat16, ...) also puts the conv weights in the memory format
+        that runs fastest for their device and dtype (`memory_format_for`): the convs follow the weights."""
+        super()._apply(fn, recurse)
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                weight = module.weight
+                fmt = memory_format_for(weight.device, weight.dtype)
+                if not weight.is_contiguous(memory_format=fmt):
+                    weight.data = weight.data.contiguous(memory_format=fmt)
+        return self
 
     @classmethod
     def from_module(cls, module: nn.Module) -> FastGenerator:
@@ -93,7 +114,8 @@ class FastGenerator(Generator):
         # Only the 3-channel input is padded by F.pad; every other reflection pad is written by the norm
         # before it (pad=...), so no activation takes a separate padding pass (or, on CUDA, ATen's
         # NCHW-only reflection pad and the layout copies around it).
-        h = _reflect(x, 3).contiguous(memory_format=torch.channels_last)
+        weight = m[at.stem].weight
+        h = _reflect(x, 3).contiguous(memory_format=memory_format_for(weight.device, weight.dtype))
         h = _conv_norm(m, at.stem, h, relu=True)
         h = _conv_norm(m, at.down[0], h, relu=True)
         h = _conv_norm(m, at.down[1], h, relu=True, pad=1 if at.num_blocks else 0)

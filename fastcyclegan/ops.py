@@ -15,6 +15,7 @@ import os
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .layout import memory_format_of, padded_empty, plane_layout
@@ -86,23 +87,44 @@ def fill_reflect_border(y: Tensor, pad: int) -> Tensor:
     return y
 
 
-def _torch_forward(x, residual, weight, bias, relu: bool, eps: float, pad: int):
-    """(y, mean, rstd) as the kernels return them; y written into its padded buffer, interior first."""
+def _batch_norm_planes(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+    """(IN(x) * weight + bias as a new NCHW tensor in the statistics' dtype, mean, rstd) for NCHW-contiguous
+    x: all N * C planes as the channels of one (1, N*C, H, W) batch norm, ATen's fastest CPU path. Its
+    statistics are two-pass with double accumulators (|mean| >> std loses no digits in them); its transform
+    x * a + b rounds like eager InstanceNorm2d's, |mean| / std * 2^-24 relative (a shift by x[n, c, 0] first,
+    as the kernels do for free, would cost a whole extra pass here: bench/results/TUNING.md, CPU path)."""
     n, c, h, w = x.shape
-    y = padded_empty(x, pad)
+    planes = x.to(_stats_dtype(x)).view(1, n * c, h, w)
+    if weight is not None:
+        weight, bias = weight.to(planes.dtype).repeat(n), bias.to(planes.dtype).repeat(n)
+    z, mean, rstd = torch.native_batch_norm(planes, weight, bias, None, None, True, 0.0, eps)
+    return z.view(n, c, h, w), mean.view(n, c), rstd.view(n, c)
+
+
+def _torch_forward(x, residual, weight, bias, relu: bool, eps: float, pad: int):
+    """(y, mean, rstd) as the kernels return them. z holds the fp32 (fp64) values until the end: for NCHW x a
+    new tensor from one batch norm over all planes, padded by ATen's reflection pad; for other layouts y's
+    interior itself (or a temporary rounded into it once, for low precision), its border filled after."""
+    n, c, h, w = x.shape
     stats_dtype = _stats_dtype(x)
     if x.numel() == 0:
         empty = torch.empty((n, c), dtype=stats_dtype, device=x.device)
-        return y, empty, empty.clone()
-    interior = y[:, :, pad : pad + h, pad : pad + w] if pad else y
-    # z: where the fp32 (fp64) values live until the end: y's interior itself, or for low precision a
-    # temporary that is rounded into it once, after the activation and the residual add
-    z = interior if y.dtype == stats_dtype else torch.empty_like(x, dtype=stats_dtype)
-    mean, rstd = _normalize_into(z, x, weight, bias, eps)
+        return padded_empty(x, pad), empty, empty.clone()
+    y = interior = None
+    if x.is_contiguous() and h * w > 1:
+        z, mean, rstd = _batch_norm_planes(x, weight, bias, eps)
+    else:
+        y = padded_empty(x, pad)
+        interior = y[:, :, pad : pad + h, pad : pad + w] if pad else y
+        z = interior if y.dtype == stats_dtype else torch.empty_like(x, dtype=stats_dtype)
+        mean, rstd = _normalize_into(z, x, weight, bias, eps)
     if relu:
         z.relu_()  # keeps NaN
     if residual is not None:
         z.add_(residual)
+    if y is None:  # NCHW like x: z is the output, reflection-padded by ATen's own kernel (one pass)
+        y = F.pad(z, (pad,) * 4, mode="reflect") if pad else z
+        return y.to(x.dtype), mean, rstd
     if z is not interior:
         interior.copy_(z)
     if pad:
@@ -160,6 +182,11 @@ def _instance_norm(
     pad: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (y, mean, rstd): y reflection-padded by `pad`; mean and rstd (N, C) in fp32 (fp64 for fp64 x)."""
+    return _forward_impl(x, residual, weight, bias, relu, eps, pad)
+
+
+def _forward_impl(x, residual, weight, bias, relu: bool, eps: float, pad: int):
+    """The op's implementation: the Triton kernels or the PyTorch path, as `use_triton` decides."""
     x = plane_layout(x)
     if use_triton(x):
         from .kernels import instance_norm_forward
@@ -291,4 +318,16 @@ def instance_norm(
         )
     if weight is not None:
         weight, bias = weight.contiguous(), bias.contiguous()  # the kernels index them with stride 1
+    if _plain_inference(x, residual, weight, bias):
+        return _forward_impl(x, residual, weight, bias, relu, float(eps), int(pad))[0]
     return torch.ops.fastcyclegan.instance_norm(x, residual, weight, bias, relu, float(eps), int(pad))[0]
+
+
+def _plain_inference(*tensors) -> bool:
+    """No gradient wanted, no compiler tracing, only plain tensors: the op's implementation can run without
+    the dispatcher's custom-op machinery (about 70 us a call on a CPU, a third of a small norm's time).
+    torch.compile, autograd and tensor subclasses (fake, functional) always get the registered op."""
+    if torch.compiler.is_compiling():
+        return False
+    grad = torch.is_grad_enabled()
+    return all(t is None or (type(t) is Tensor and not (grad and t.requires_grad)) for t in tensors)

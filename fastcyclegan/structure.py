@@ -155,10 +155,32 @@ def _check_tensor(key: str, t: Tensor) -> None:
         )
 
 
+def _natural(prefix: str) -> list:
+    """Sort key reading the numbers in a module path as numbers: model.2 before model.10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", prefix)]
+
+
 def describe_state(state: Mapping[str, Tensor]) -> GeneratorSpec:
     """The generator a state dict holds, or NotAGenerator saying why it is none. Allocates nothing but the
-    zero biases of convs saved without one (exact: the norm after them removes any per-channel constant)."""
+    zero biases of convs saved without one (exact: the norm after them removes any per-channel constant).
+
+    The modules are matched in the state dict's own order (registration order); when that fails, in the
+    natural order of their names, as files that sort their keys (safetensors) store them.
+    """
     groups = _groups(state)
+    try:
+        return _match(groups)
+    except NotAGenerator as first_error:
+        ordered = sorted(groups, key=lambda g: _natural(g.prefix))
+        if [g.prefix for g in ordered] == [g.prefix for g in groups]:
+            raise
+        try:
+            return _match(ordered)
+        except NotAGenerator:
+            raise first_error from None
+
+
+def _match(groups: list[_Group]) -> GeneratorSpec:
     _refuse_known_others([g for g in groups if getattr(g.tensors.get("weight"), "ndim", 0) == 4])
     groups = [g for g in groups if _classify(g) != "stats"]
     for g in groups:
@@ -167,7 +189,7 @@ def describe_state(state: Mapping[str, Tensor]) -> GeneratorSpec:
     kinds = [_classify(g) for g in groups]
     convs = [g for g, k in zip(groups, kinds) if k == "conv"]
     if not convs:
-        raise NotAGenerator(f"has no conv weights (first keys: {[strip_wrappers(k) for k in list(state)[:6]]})")
+        raise NotAGenerator(f"has no conv weights (first modules: {[g.prefix for g in groups[:6]]})")
     if len(convs) < 6 or len(convs) % 2:
         raise NotAGenerator(
             f"has {len(convs)} convs; a ResNet generator has 6 + 2 per residual block (stem, 2 down, blocks, "

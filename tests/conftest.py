@@ -42,5 +42,12 @@ def _deterministic():
 
 @pytest.fixture
 def torch_fallback(monkeypatch):
-    """Run fastcyclegan.ops through its PyTorch implementation instead of the Triton kernels."""
+    """Run fastcyclegan.ops through its PyTorch implementation (what CPU users run) instead of the Triton
+    kernels; modules that test the model rather than the kernels use it for all their tests."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+@pytest.fixture
+def triton(monkeypatch):
+    """The Triton kernels, through the interpreter on a CPU."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")

@@ -8,6 +8,9 @@ from fastcyclegan import FastGenerator, Generator
 from fastcyclegan.backends import BACKENDS, DEFAULT_BACKENDS, available_backends, build_backend, unavailable_reason
 from fastcyclegan.measure import generator_gflop, parity
 
+# the model as CPU users run it: the op's PyTorch path (the kernels are tested in test_ops.py)
+pytestmark = pytest.mark.usefixtures("torch_fallback")
+
 CPU = torch.device("cpu")
 
 

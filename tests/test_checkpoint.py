@@ -6,6 +6,9 @@ from helpers import PublicResnetGenerator
 
 from fastcyclegan import Discriminator, FastGenerator, Generator, load_generator
 
+# the model as CPU users run it: the op's PyTorch path (the kernels are tested in test_ops.py)
+pytestmark = pytest.mark.usefixtures("torch_fallback")
+
 
 def _same_weights(a, b):
     sa, sb = a.state_dict(), b.state_dict()

@@ -13,14 +13,8 @@ from fastcyclegan.fast import min_input_size
 
 
 @pytest.fixture(autouse=True)
-def _pytorch_path(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-
-
-@pytest.fixture
-def triton(monkeypatch):
-    """The Triton kernels, through the interpreter on a CPU."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def _pytorch_path(torch_fallback):
+    pass
 
 
 @pytest.fixture(params=["pytorch", "triton"])
@@ -32,7 +26,7 @@ def path(request, monkeypatch):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize(
     "num_blocks, size, batch, kernels",
-    [(9, (38, 26), 3, "0"), (6, 32, 1, "0"), (2, (22, 18), 2, "1")],
+    [(9, (38, 26), 3, "0"), (6, 32, 1, "0"), (2, (17, 13), 1, "1")],
     ids=["9-blocks-pytorch", "6-blocks-pytorch", "2-blocks-triton"],
 )
 def test_fp32_passes_parity_in_both_layouts(num_blocks, size, batch, kernels, channels_last, monkeypatch):
@@ -53,7 +47,7 @@ def test_fp32_passes_parity_in_both_layouts(num_blocks, size, batch, kernels, ch
 def test_low_precision_passes_parity(dtype, path):
     ref = Generator(2, ngf=16)
     fast = FastGenerator.from_module(ref).to(dtype)
-    check = generator_parity(ref, fast, dtype, (2, 3, 28, 20))
+    check = generator_parity(ref, fast, dtype, (2, 3, 20, 16))
     assert check.passed, check
 
 

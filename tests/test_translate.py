@@ -9,6 +9,9 @@ from fastcyclegan import Generator
 from fastcyclegan.cli import main
 from fastcyclegan.translate import find_images, load_image, translate
 
+# the model as CPU users run it: the op's PyTorch path (the kernels are tested in test_ops.py)
+pytestmark = pytest.mark.usefixtures("torch_fallback")
+
 SIZE = 24
 
 
