@@ -20,7 +20,7 @@ def pytest_addoption(parser):
     group.addoption("--fcg-backends", default=None, help=f"comma list out of {', '.join(DEFAULT_BACKENDS)}, "
                     "compiled_max_autotune (default: all available but compiled_max_autotune)")  # fmt: skip
     group.addoption("--fcg-sizes", default=None, help="comma list of square image sizes (CUDA: 256; CPU: 128,256)")
-    group.addoption("--fcg-batches", default=None, help="comma list of batch sizes (CUDA: 1,16; CPU: 1)")
+    group.addoption("--fcg-batches", default=None, help="comma list of batch sizes (CUDA: 1,16; CPU: 1,8)")
     group.addoption(
         "--fcg-dtypes", default=None, help="comma list out of fp32, fp16, bf16 (CUDA: bf16,fp32; CPU: fp32,bf16)"
     )

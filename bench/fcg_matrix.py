@@ -55,7 +55,7 @@ def matrix(config) -> dict:
         "device": device,
         "backends": _csv(backends) if backends else list(DEFAULT_BACKENDS),
         "sizes": [int(s) for s in _csv(pick("--fcg-sizes", "256", "128,256", "32"))],
-        "batches": [int(b) for b in _csv(pick("--fcg-batches", "1,16", "1", "1"))],
+        "batches": [int(b) for b in _csv(pick("--fcg-batches", "1,16", "1,8", "1"))],
         "dtypes": dtypes,
         "rounds": pick("--fcg-rounds", 30, 5, 1),
         "kernel_shapes": _shapes(pick("--fcg-kernel-shapes", _CUDA_KERNEL_SHAPES, "2,64,32,32", "1,8,8,8")),

@@ -35,7 +35,7 @@ def _translate(args) -> int:
         summary = translate(
             args.checkpoint, args.input_dir, args.output_dir, size=args.size, batch_size=args.batch_size,
             dtype=args.dtype, device=args.device, backend=args.backend, overwrite=args.overwrite,
-            workers=args.workers, progress=not args.quiet,
+            workers=args.workers, progress=not args.quiet, key=args.key,
         )  # fmt: skip
     except FileNotFoundError as err:
         print(f"fastcyclegan translate: {err}", file=sys.stderr)
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKENDS
 
     tr = sub.add_parser("translate", help="run a generator checkpoint over a folder of images")
-    tr.add_argument("checkpoint", type=Path, help="a public-layout generator checkpoint (latest_net_G.pth)")
+    tr.add_argument("checkpoint", type=Path, help="a ResNet generator checkpoint (public layout or trained elsewhere)")
     tr.add_argument("input_dir", type=Path, help="folder of PNG/JPEG images (searched recursively)")
     tr.add_argument("output_dir", type=Path, help="PNGs are written here under the inputs' relative names")
     tr.add_argument("--size", type=int, default=256, help="images are resized to size x size (default 256)")
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (auto: cuda when available)")
     tr.add_argument("--backend", default="fast", choices=[b for b in BACKENDS if b != "tensorrt"],
                     help="generator backend (default fast)")  # fmt: skip
+    tr.add_argument("--key", default=None, help="which state dict of a checkpoint that holds several (netG_A, a/b)")
     tr.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: skip them)")
     tr.add_argument("--workers", type=int, default=None, help="image decoding processes (default min(4, CPUs))")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")

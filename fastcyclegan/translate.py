@@ -118,6 +118,7 @@ def translate(
     overwrite: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    key: str | None = None,
 ) -> Summary:
     """Translate every image under input_dir into output_dir; see the module docstring."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
@@ -129,7 +130,9 @@ def translate(
     dtype_name = ("bf16" if target.type == "cuda" else "fp32") if dtype == "auto" else dtype
     if dtype_name not in DTYPES:
         raise ValueError(f"--dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
-    generator = load_generator(checkpoint)  # ValueError naming the file when it does not fit
+    generator = load_generator(checkpoint, key=key)  # ValueError naming the file when it does not fit
+    if generator.checkpoint_key is not None:
+        print(f"using the state dict under '{generator.checkpoint_key}' of '{checkpoint}'", file=sys.stderr)
     images = find_images(input_dir)
     if not images:
         raise FileNotFoundError(f"no PNG or JPEG images under '{input_dir}'")
