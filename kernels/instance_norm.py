@@ -417,6 +417,29 @@ def _is_channels_last(x: torch.Tensor) -> bool:
     return x.stride(1) == 1 and x.shape[1] > 1
 
 
+def _affine_args(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> dict:
+    """w_ptr, b_ptr and AFFINE; x stands in as a valid pointer when there are no affine parameters."""
+    return dict(w_ptr=x if weight is None else weight, b_ptr=x if bias is None else bias, AFFINE=weight is not None)
+
+
+def _plane_args(x: torch.Tensor, cfg: Plan) -> dict:
+    """The (N, C, P) addressing, chunking and tiling arguments every plane kernel takes, by keyword."""
+    n, c, h, w = x.shape
+    stride_n, stride_c, stride_p = plane_strides(x)
+    return dict(
+        n_pos=h * w,
+        n_channels=c,
+        chunk=cfg.chunk,
+        split=cfg.split,
+        stride_n=stride_n,
+        stride_c=stride_c,
+        stride_p=stride_p,
+        BLOCK_P=cfg.block_p,
+        BLOCK_C=cfg.block_c,
+        num_warps=cfg.num_warps,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------
 # launchers: x and dy must share one (N, C, P)-collapsible layout; fastcyclegan.ops ensures it.
 
@@ -447,21 +470,8 @@ def instance_norm_forward(
     out_plan = plan(n, c, out.shape[2] * out.shape[3], channels_last, x.device, split)
     part_mean = torch.empty((n, c, stats_plan.split), device=x.device, dtype=torch.float32)
     part_m2 = torch.empty_like(part_mean)
-    stride_n, stride_c, stride_p = plane_strides(x)
     _in_fwd_stats_kernel[stats_plan.grid(n, c)](
-        x_ptr=x,
-        part_mean_ptr=part_mean,
-        part_m2_ptr=part_m2,
-        n_pos=h * w,
-        n_channels=c,
-        chunk=stats_plan.chunk,
-        split=stats_plan.split,
-        stride_n=stride_n,
-        stride_c=stride_c,
-        stride_p=stride_p,
-        BLOCK_P=stats_plan.block_p,
-        BLOCK_C=stats_plan.block_c,
-        num_warps=stats_plan.num_warps,
+        x_ptr=x, part_mean_ptr=part_mean, part_m2_ptr=part_m2, **_plane_args(x, stats_plan)
     )
     res = x if residual is None else residual  # a valid pointer even when HAS_RESIDUAL is off
     _in_fwd_apply_kernel[out_plan.grid(n, c)](
@@ -472,8 +482,6 @@ def instance_norm_forward(
         part_m2_ptr=part_m2,
         mean_ptr=mean,
         rstd_ptr=rstd,
-        w_ptr=x if weight is None else weight,  # valid pointers even when AFFINE is off
-        b_ptr=x if bias is None else bias,
         height=h,
         width=w,
         n_channels=c,
@@ -485,7 +493,7 @@ def instance_norm_forward(
         x_stride_c=x.stride(1),
         x_stride_h=x.stride(2),
         x_stride_w=x.stride(3),
-        x_stride_p=stride_p,
+        x_stride_p=plane_strides(x)[2],
         res_stride_n=res.stride(0),
         res_stride_c=res.stride(1),
         res_stride_h=res.stride(2),
@@ -496,13 +504,13 @@ def instance_norm_forward(
         y_stride_w=out.stride(3),
         PAD=pad,
         FLAT=pad == 0 and res.stride() == x.stride() == out.stride(),
-        AFFINE=weight is not None,
         RELU=relu,
         HAS_RESIDUAL=residual is not None,
         SPLIT_BLOCK=triton.next_power_of_2(stats_plan.split),
         BLOCK_P=out_plan.block_p,
         BLOCK_C=out_plan.block_c,
         num_warps=out_plan.num_warps,
+        **_affine_args(x, weight, bias),
     )
     return mean, rstd
 
@@ -529,23 +537,7 @@ def instance_norm_backward(
     cfg = plan(n, c, h * w, _is_channels_last(x), x.device, split)
     part_g = torch.empty((n, c, cfg.split), device=x.device, dtype=torch.float32)
     part_gx = torch.empty_like(part_g)
-    stride_n, stride_c, stride_p = plane_strides(x)
-    common = dict(
-        n_pos=h * w,
-        n_channels=c,
-        chunk=cfg.chunk,
-        split=cfg.split,
-        stride_n=stride_n,
-        stride_c=stride_c,
-        stride_p=stride_p,
-        w_ptr=x if weight is None else weight,
-        b_ptr=x if bias is None else bias,
-        AFFINE=weight is not None,
-        RELU=relu,
-        BLOCK_P=cfg.block_p,
-        BLOCK_C=cfg.block_c,
-        num_warps=cfg.num_warps,
-    )
+    common = dict(_plane_args(x, cfg), **_affine_args(x, weight, bias), RELU=relu)
     grid = cfg.grid(n, c)
     _in_bwd_reduce_kernel[grid](
         dy_ptr=dy, x_ptr=x, mean_ptr=mean, rstd_ptr=rstd, part_g_ptr=part_g, part_gx_ptr=part_gx, **common
