@@ -68,13 +68,17 @@ def _load_file(path, name: str, map_location):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).splitlines()[0]
-        if "Unsupported global" in str(err) or "GLOBAL" in first:
+        text = str(err)
+        detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line), text.splitlines()[0])
+        if "Unsupported global" in text:
             raise ValueError(
                 f"refused to load checkpoint {name}: it is not a plain weights file, and loading it would "
-                f"run code from its pickle (weights_only=True rejected it: {first})"
+                f"run code from its pickle (weights_only=True rejected it: {detail})"
             ) from err
-        raise ValueError(f"could not read checkpoint {name}: not a PyTorch checkpoint ({first})") from err
+        raise ValueError(
+            f"could not read checkpoint {name}: it is neither a PyTorch checkpoint nor a safetensors file "
+            f"(unpickling it failed: {detail})"
+        ) from err
     except Exception as err:  # truncated zip, not a torch file at all, ...
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(

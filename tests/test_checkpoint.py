@@ -136,3 +136,22 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     with pytest.raises(ValueError, match=r"evil\.pth.*run code"):
         load_generator(path)
     assert not marker.exists()
+
+
+def test_a_text_file_is_no_checkpoint(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("garbage, not weights")
+    with pytest.raises(ValueError, match=r"notes\.pth.*neither a PyTorch checkpoint nor a safetensors file"):
+        load_generator(path)
+
+
+def test_zip_bomb_is_refused_before_it_is_read(tmp_path):
+    """A 64 MiB entry of zeros deflates to ~64 KB: torch.save never compresses, so this is refused unread."""
+    import zipfile
+
+    path = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data/0", bytes(64 << 20))
+    assert path.stat().st_size < 200_000
+    with pytest.raises(ValueError, match=r"bomb\.pth.*'archive/data/0' inflates from .* zip bomb"):
+        load_generator(path)
