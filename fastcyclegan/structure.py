@@ -182,11 +182,12 @@ def describe_state(state: Mapping[str, Tensor]) -> GeneratorSpec:
 
 def _match(groups: list[_Group]) -> GeneratorSpec:
     _refuse_known_others([g for g in groups if getattr(g.tensors.get("weight"), "ndim", 0) == 4])
-    groups = [g for g in groups if _classify(g) != "stats"]
+    classified = [(g, _classify(g)) for g in groups]
+    groups = [g for g, kind in classified if kind != "stats"]
+    kinds = [kind for _, kind in classified if kind != "stats"]
     for g in groups:
         for name, t in g.tensors.items():
             _check_tensor(g.key(name), t)
-    kinds = [_classify(g) for g in groups]
     convs = [g for g, k in zip(groups, kinds) if k == "conv"]
     if not convs:
         raise NotAGenerator(f"has no conv weights (first modules: {[g.prefix for g in groups[:6]]})")
