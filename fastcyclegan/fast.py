@@ -10,6 +10,7 @@ the residual add that follows it and with the reflection padding of the conv aft
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import build_generator
@@ -19,7 +20,7 @@ from .structure import NotAGenerator, describe_module
 
 
 def _reflect(x: Tensor, pad: int) -> Tensor:
-    return nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    return F.pad(x, (pad, pad, pad, pad), mode="reflect")
 
 
 def _interior(padded: Tensor, pad: int) -> Tensor:
@@ -27,11 +28,24 @@ def _interior(padded: Tensor, pad: int) -> Tensor:
     return padded[:, :, pad:-pad, pad:-pad]
 
 
+def _conv_without_bias(conv: nn.Conv2d | nn.ConvTranspose2d, h: Tensor) -> Tensor:
+    """conv(h) without its bias. Every conv but the head feeds an instance norm, which removes a per-channel
+    constant exactly: IN(z + b) = IN(z), affine or not. So the add is wasted work (on cuDNN's channels-last
+    path a kernel of its own per conv); the parameter and its key stay, and its gradient, zero in exact
+    arithmetic in the reference too, is left None."""
+    if isinstance(conv, nn.ConvTranspose2d):
+        return F.conv_transpose2d(
+            h, conv.weight, None, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation
+        )
+    return conv._conv_forward(h, conv.weight, None)
+
+
 def _conv_norm(layers: nn.Sequential, conv: int, h: Tensor, **fused) -> Tensor:
-    """layers[conv](h) through the fused norm of the instance norm after it (its affine weight and bias and
-    its eps), with the ReLU, residual add and padding given in `fused`."""
+    """layers[conv](h), bias-free, through the fused norm of the instance norm after it (its affine weight
+    and bias and its eps), with the ReLU, residual add and padding given in `fused`."""
     norm = layers[GeneratorLayout.norm_after(conv)]
-    return instance_norm(layers[conv](h), weight=norm.weight, bias=norm.bias, eps=norm.eps, **fused)
+    z = _conv_without_bias(layers[conv], h)
+    return instance_norm(z, weight=norm.weight, bias=norm.bias, eps=norm.eps, **fused)
 
 
 def memory_format_for(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
