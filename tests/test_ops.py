@@ -50,16 +50,18 @@ def _affine_params(c, affine, dtype=torch.float32, device="cpu"):
     return weight.to(dtype), (torch.randn(c, device=device) * 0.5).to(dtype)
 
 
+# fp16 runs the same kernel code as bf16 (another storage type, other rounding): it takes the shapes that
+# exercise rounding and masking, not the slow wide ones (channel blocks and 1x1 planes are dtype-blind)
+_DTYPE_SHAPES = [(d, s) for d in DTYPES for s in SHAPES if d != torch.float16 or s[0][1] < 64]
+
+
 def _every_case(test):
-    """Parametrize over every (shape, split) x dtype x layout x (relu, residual) combination."""
-    for name, values, ids in [
-        ("mode", MODES, _mode_id),
-        ("channels_last", [False, True], ["nchw", "cl"]),
-        ("dtype", DTYPES, str),
-        ("shape, split", SHAPES, str),
-    ]:
-        test = pytest.mark.parametrize(name, values, ids=ids)(test)
-    return test
+    """Parametrize over every (shape, split) x dtype (fp16 on the narrow shapes) x layout x mode."""
+    test = pytest.mark.parametrize(
+        "dtype, shape, split", [(d, s, k) for d, (s, k) in _DTYPE_SHAPES], ids=[f"{d}-{s}" for d, s in _DTYPE_SHAPES]
+    )(test)
+    test = pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])(test)
+    return pytest.mark.parametrize("mode", MODES, ids=_mode_id)(test)
 
 
 def _inputs(shape, dtype, channels_last, residual, pad=0, scale=3.0, shift=0.5, device="cpu"):
