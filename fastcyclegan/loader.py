@@ -1,7 +1,7 @@
 """`load_generator`: a checkpoint file or state dict -> `Generator` or `FastGenerator`.
 
-It sits above both the checkpoint reader and the fast path, so neither imports the other: the reader
-(`checkpoint.py`) knows the layout, `fast.py` knows the fused forward, and this module only picks the class.
+It sits above both the checkpoint reader and the fast path, so neither imports the other: `checkpoint.py`
+reads files, `structure.py` knows the layout, `fast.py` knows the fused forward; this module picks the class.
 """
 
 from __future__ import annotations

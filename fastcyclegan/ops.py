@@ -53,8 +53,8 @@ def _stats_dtype(x: Tensor) -> torch.dtype:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# PyTorch implementation (CPU without the interpreter, float64 anywhere): the kernels' maths and numerics,
-# one batched computation for all (N, C) planes in any layout (no loop over images)
+# PyTorch implementation (CPU without the interpreter, float64 anywhere): the kernels' maths, statistics that
+# never lose digits to |mean| >> std, one batched computation for all (N, C) planes (no loop over images)
 
 
 def _normalize_into(z: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
