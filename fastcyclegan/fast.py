@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import onednn
 from .checkpoint import build_generator
 from .ops import instance_norm
 from .reference import Generator, GeneratorLayout
@@ -34,9 +35,14 @@ def _conv_without_bias(conv: nn.Conv2d | nn.ConvTranspose2d, h: Tensor) -> Tenso
     path a kernel of its own per conv); the parameter and its key stay, and its gradient, zero in exact
     arithmetic in the reference too, is left None."""
     if isinstance(conv, nn.ConvTranspose2d):
-        return F.conv_transpose2d(
+        nchw = h.is_contiguous()
+        h = h.contiguous(memory_format=_weight_format(conv))  # oneDNN: both channels-last, a third faster
+        z = F.conv_transpose2d(
             h, conv.weight, None, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation
         )
+        return z.contiguous() if nchw else z
+    if onednn.usable(h, conv):
+        return onednn.conv2d(conv, h, None)
     return conv._conv_forward(h, conv.weight, None)
 
 
@@ -49,12 +55,31 @@ def _conv_norm(layers: nn.Sequential, conv: int, h: Tensor, **fused) -> Tensor:
 
 
 def memory_format_for(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
-    """channels-last on GPUs (cuDNN's NHWC kernels, no layout copies) and for half precision on a CPU
-    (oneDNN's NCHW bf16 convs are many times slower on CPUs without native bf16); NCHW for fp32 on a CPU,
-    where oneDNN's NCHW convs and the op's batch-norm path are faster (bench/results/TUNING.md, CPU)."""
+    """The layout of activations and conv weights that runs fastest: channels-last on GPUs (cuDNN's NHWC
+    kernels, no layout copies) and for half precision on a CPU (oneDNN's NCHW bf16 convs are many times
+    slower on CPUs without native bf16); NCHW for fp32 on a CPU when the convs take plain weights (autograd,
+    torch.compile), where oneDNN's NCHW convs and the op's batch-norm path are faster. CPU fp32 inference
+    runs channels-last on pre-packed weights instead (`_activation_format`). bench/results/TUNING.md, CPU."""
     if device.type == "cpu" and dtype in (torch.float32, torch.float64):
         return torch.contiguous_format
     return torch.channels_last
+
+
+def _weight_format(conv: nn.Module) -> torch.memory_format:
+    """Conv weights follow `memory_format_for`, but a transposed conv's weight is channels-last on a CPU in
+    fp32 too: oneDNN's deconvolution is a third faster with both it and its input channels-last."""
+    weight = conv.weight
+    if isinstance(conv, nn.ConvTranspose2d) and weight.device.type == "cpu" and weight.dtype == torch.float32:
+        return torch.channels_last
+    return memory_format_for(weight.device, weight.dtype)
+
+
+def _activation_format(x: Tensor, stem: nn.Conv2d) -> torch.memory_format:
+    """channels-last where the convs run on oneDNN pre-packed weights (CPU fp32 inference: `onednn.usable`),
+    else the weights' format."""
+    if onednn.usable(x, stem):
+        return torch.channels_last
+    return memory_format_for(stem.weight.device, stem.weight.dtype)
 
 
 def min_input_size(num_blocks: int) -> int:
@@ -79,7 +104,7 @@ class FastGenerator(Generator):
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 weight = module.weight
-                fmt = memory_format_for(weight.device, weight.dtype)
+                fmt = _weight_format(module)
                 if not weight.is_contiguous(memory_format=fmt):
                     weight.data = weight.data.contiguous(memory_format=fmt)
         return self
@@ -128,8 +153,7 @@ class FastGenerator(Generator):
         # Only the 3-channel input is padded by F.pad; every other reflection pad is written by the norm
         # before it (pad=...), so no activation takes a separate padding pass (or, on CUDA, ATen's
         # NCHW-only reflection pad and the layout copies around it).
-        weight = m[at.stem].weight
-        h = _reflect(x, 3).contiguous(memory_format=memory_format_for(weight.device, weight.dtype))
+        h = _reflect(x, 3).contiguous(memory_format=_activation_format(x, m[at.stem]))
         h = _conv_norm(m, at.stem, h, relu=True)
         h = _conv_norm(m, at.down[0], h, relu=True)
         h = _conv_norm(m, at.down[1], h, relu=True, pad=1 if at.num_blocks else 0)
@@ -142,5 +166,7 @@ class FastGenerator(Generator):
             h = _interior(h, 1)
         h = _conv_norm(m, at.up[0], h, relu=True)
         h = _conv_norm(m, at.up[1], h, relu=True, pad=3)
-        out = torch.tanh(m[at.head](h))
+        head = m[at.head]
+        out = onednn.conv2d(head, h, head.bias) if onednn.usable(h, head) else head(h)
+        out = torch.tanh(out)
         return out.contiguous()  # the reference returns NCHW whatever the input layout (its norms do)

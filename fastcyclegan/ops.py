@@ -101,10 +101,32 @@ def _batch_norm_planes(x: Tensor, weight: Optional[Tensor], bias: Optional[Tenso
     return z.view(n, c, h, w), mean.view(n, c), rstd.view(n, c)
 
 
+def _batch_norm_images(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float):
+    """The same for channels-last x in its statistics' dtype, where no (1, N*C, H, W) view exists: each image
+    (1, C, H, W) is one batch norm through ATen's channels-last kernel (faster than its NCHW one), written in
+    place into one channels-last output. That kernel accumulates in x's dtype, so, as the Triton kernels do,
+    each plane is first shifted by its first element (into a one-image buffer): |mean| >> std keeps its
+    digits (an unshifted 1e4 + N(0, 1) plane comes out 1e-2 off, shifted 1e-6)."""
+    n, c = x.shape[:2]
+    z = torch.empty_like(x)
+    shifted = torch.empty_like(x[:1])
+    anchor = x[:, :, :1, :1]
+    mean, rstd = x.new_empty((n, c)), x.new_empty((n, c))
+    if weight is not None:
+        weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+    for i in range(n):  # N calls, not N*C: one parallel region per image
+        torch.sub(x[i : i + 1], anchor[i : i + 1], out=shifted)
+        torch.ops.aten.native_batch_norm.out(
+            shifted, weight, bias, None, None, True, 0.0, eps, out=z[i : i + 1], save_mean=mean[i], save_invstd=rstd[i]
+        )  # fmt: skip
+    return z, mean + anchor[:, :, 0, 0], rstd
+
+
 def _torch_forward(x, residual, weight, bias, relu: bool, eps: float, pad: int):
     """(y, mean, rstd) as the kernels return them. z holds the fp32 (fp64) values until the end: for NCHW x a
-    new tensor from one batch norm over all planes, padded by ATen's reflection pad; for other layouts y's
-    interior itself (or a temporary rounded into it once, for low precision), its border filled after."""
+    new tensor from one batch norm over all planes, for channels-last fp32/fp64 x one batch norm per image,
+    either padded by ATen's reflection pad (which keeps the layout); for other strides and for low precision
+    y's interior itself (or a temporary rounded into it once), its border filled after."""
     n, c, h, w = x.shape
     stats_dtype = _stats_dtype(x)
     if x.numel() == 0:
@@ -113,6 +135,8 @@ def _torch_forward(x, residual, weight, bias, relu: bool, eps: float, pad: int):
     y = interior = None
     if x.is_contiguous() and h * w > 1:
         z, mean, rstd = _batch_norm_planes(x, weight, bias, eps)
+    elif x.dtype == stats_dtype and x.is_contiguous(memory_format=torch.channels_last) and h * w > 1:
+        z, mean, rstd = _batch_norm_images(x, weight, bias, eps)
     else:
         y = padded_empty(x, pad)
         interior = y[:, :, pad : pad + h, pad : pad + w] if pad else y
@@ -122,7 +146,7 @@ def _torch_forward(x, residual, weight, bias, relu: bool, eps: float, pad: int):
         z.relu_()  # keeps NaN
     if residual is not None:
         z.add_(residual)
-    if y is None:  # NCHW like x: z is the output, reflection-padded by ATen's own kernel (one pass)
+    if y is None:  # x's layout: z is the output, reflection-padded by ATen's own kernel (one pass)
         y = F.pad(z, (pad,) * 4, mode="reflect") if pad else z
         return y.to(x.dtype), mean, rstd
     if z is not interior:

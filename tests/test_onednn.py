@@ -1,0 +1,78 @@
+"""CPU fp32 inference convs on oneDNN pre-packed weights (fastcyclegan.onednn): same values as F.conv2d, any
+input size and layout, re-packed when the weights change, never used where autograd or other dtypes run."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastcyclegan import FastGenerator, Generator, onednn
+
+pytestmark = pytest.mark.skipif(not onednn._has_ops(), reason="this torch build has no oneDNN pointwise conv op")
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [nn.Conv2d(3, 16, 7), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.Conv2d(16, 16, 3), nn.Conv2d(16, 3, 7)],
+    ids=["stem", "down", "block", "head"],
+)
+def test_packed_conv_equals_conv2d_at_every_size_and_layout(conv):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for size, fmt in ((20, torch.channels_last), (33, torch.contiguous_format), (9, torch.channels_last)):
+            x = torch.randn(2, conv.in_channels, size, size).contiguous(memory_format=fmt)
+            assert onednn.usable(x, conv)
+            y = onednn.conv2d(conv, x, conv.bias)  # packed at the first size, reused at the others
+            torch.testing.assert_close(y, conv(x), atol=1e-5, rtol=1e-4)
+            assert (
+                onednn.conv2d(conv, x, None).sub(F.conv2d(x, conv.weight, None, conv.stride, conv.padding)).abs().max()
+                < 1e-4
+            )
+
+
+def test_changed_weights_are_packed_again():
+    conv = nn.Conv2d(4, 4, 3)
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        first = onednn.conv2d(conv, x, None)
+        conv.weight.mul_(2)  # in place: a new version of the same storage
+        torch.testing.assert_close(onednn.conv2d(conv, x, None), 2 * first)
+        conv.load_state_dict({"weight": torch.zeros(4, 4, 3, 3), "bias": torch.zeros(4)})
+        assert onednn.conv2d(conv, x, None).abs().max() == 0
+        conv.weight = nn.Parameter(torch.ones(4, 4, 3, 3))  # another parameter
+        torch.testing.assert_close(onednn.conv2d(conv, x, None), F.conv2d(x, conv.weight))
+
+
+def test_only_plain_fp32_inference_uses_it():
+    conv = nn.Conv2d(4, 4, 3)
+    x = torch.randn(1, 4, 8, 8)
+    assert not onednn.usable(x, conv)  # grad enabled and the weight requires it: autograd needs F.conv2d
+    with torch.no_grad():
+        assert onednn.usable(x, conv)
+        assert not onednn.usable(x.double(), conv.double())
+        assert not onednn.usable(x.bfloat16(), conv.bfloat16())
+        assert not onednn.usable(x, nn.Conv2d(4, 4, 3, groups=2))
+        assert not onednn.usable(x, nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
+        assert not onednn.usable(x, nn.ConvTranspose2d(4, 4, 3))
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert not onednn.usable(x, conv)
+
+
+def test_fast_generator_inference_runs_on_packed_weights(monkeypatch, torch_fallback):
+    torch.manual_seed(0)
+    reference = Generator(1, ngf=8).eval()
+    fast = FastGenerator.from_module(reference)
+    calls = []
+    packed = onednn.conv2d
+    monkeypatch.setattr(
+        onednn,
+        "conv2d",
+        lambda conv, h, bias: calls.append(h.is_contiguous(memory_format=torch.channels_last)) or packed(conv, h, bias),
+    )
+    x = torch.rand(2, 3, 24, 24) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), reference(x), atol=1e-5, rtol=0)
+    assert len(calls) == 6 and all(calls)  # stem, 2 downs, 2 block convs, head: channels-last activations
+    calls.clear()
+    fast(x).sum().backward()  # training: plain convs, autograd through them
+    assert calls == [] and fast.model[1].weight.grad is not None
