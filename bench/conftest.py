@@ -30,8 +30,14 @@ def pytest_addoption(parser):
         help="kernel bench shapes 'N,C,H,W;N,C,H,W' (CUDA: N in 1,8,32 x (256,64,64), (64,256,256))",
     )
     group.addoption("--fcg-rounds", type=int, default=None, help="timed rounds per case (CUDA: 30; CPU: 5)")
+    group.addoption("--fcg-norms", default="plain",
+                    help="comma list out of plain (the paper's norm) and affine (learned scale and shift)")  # fmt: skip
     group.addoption("--fcg-ngf", type=int, default=64, help="generator width (64 in the paper)")
     group.addoption("--fcg-smoke", action="store_true", help="tiny matrix (32x32, ngf 8, batch 1, fp32) for CI")
+
+
+def pytest_configure(config):
+    matrix(config)  # a bad option is a usage error (one line, exit 4) before anything is collected or run
 
 
 @pytest.fixture(scope="session")

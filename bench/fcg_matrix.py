@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastcyclegan.backends import DEFAULT_BACKENDS, DTYPES
+from fastcyclegan.backends import BACKENDS, DEFAULT_BACKENDS, DTYPES
 
 BLOCKS_FOR_SIZE = {128: 6, 256: 9, 512: 9}  # the paper: 6 blocks for 128x128, 9 for 256x256 and larger
 
@@ -23,15 +23,48 @@ _CUDA_KERNEL_SHAPES = ";".join(f"{n},{c},{h},{h}" for c, h in ((256, 64), (64, 2
 
 
 def _shapes(text: str) -> list[tuple[int, ...]]:
-    shapes = [tuple(int(v) for v in _csv(s)) for s in text.split(";") if s.strip()]
-    if any(len(s) != 4 for s in shapes):
+    try:
+        shapes = [tuple(int(v) for v in _csv(s)) for s in text.split(";") if s.strip()]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 4 or min(s) < 1 for s in shapes):
         raise pytest.UsageError(f"--fcg-kernel-shapes: expected 'N,C,H,W;N,C,H,W', got {text!r}")
     return shapes
 
 
+NORMS = ("plain", "affine")
+
+
 def bench_device(config) -> torch.device:
     name = config.getoption("--fcg-device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise pytest.UsageError(f"--fcg-device: expected cuda, cuda:N or cpu, got {name!r} ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--fcg-device {name}: this machine has no CUDA device (torch {torch.__version__})")
+    if device.type not in ("cuda", "cpu"):
+        raise pytest.UsageError(f"--fcg-device: expected cuda, cuda:N or cpu, got {name!r}")
+    return device
+
+
+def _choices(option: str, text: str, allowed) -> list[str]:
+    values = _csv(text)
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        found = f"unknown {unknown}" if unknown else f"nothing in {text!r}"
+        raise pytest.UsageError(f"{option}: expected a comma list out of {', '.join(allowed)}; got {found}")
+    return values
+
+
+def _positive_ints(option: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in _csv(text)]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise pytest.UsageError(f"{option}: expected a comma list of positive integers, got {text!r}")
+    return values
 
 
 def matrix(config) -> dict:
@@ -46,18 +79,20 @@ def matrix(config) -> dict:
             return value
         return smoke_default if smoke else (cuda_default if cuda else cpu_default)
 
-    dtypes = _csv(pick("--fcg-dtypes", "bf16,fp32", "fp32,bf16", "fp32"))
-    unknown = [d for d in dtypes if d not in DTYPES]
-    if unknown:
-        raise pytest.UsageError(f"--fcg-dtypes: unknown {unknown}; expected some of {', '.join(DTYPES)}")
     backends = config.getoption("--fcg-backends")
+    rounds = pick("--fcg-rounds", 30, 5, 1)
+    if rounds < 1:
+        raise pytest.UsageError(f"--fcg-rounds: expected a positive integer, got {rounds}")
+    if config.getoption("--fcg-ngf") < 1:
+        raise pytest.UsageError(f"--fcg-ngf: expected a positive integer, got {config.getoption('--fcg-ngf')}")
     return {
         "device": device,
-        "backends": _csv(backends) if backends else list(DEFAULT_BACKENDS),
-        "sizes": [int(s) for s in _csv(pick("--fcg-sizes", "256", "128,256", "32"))],
-        "batches": [int(b) for b in _csv(pick("--fcg-batches", "1,16", "1,8", "1"))],
-        "dtypes": dtypes,
-        "rounds": pick("--fcg-rounds", 30, 5, 1),
+        "backends": _choices("--fcg-backends", backends, BACKENDS) if backends is not None else list(DEFAULT_BACKENDS),
+        "sizes": _positive_ints("--fcg-sizes", pick("--fcg-sizes", "256", "128,256", "32")),
+        "batches": _positive_ints("--fcg-batches", pick("--fcg-batches", "1,16", "1,8", "1")),
+        "dtypes": _choices("--fcg-dtypes", pick("--fcg-dtypes", "bf16,fp32", "fp32,bf16", "fp32"), DTYPES),
+        "norms": _choices("--fcg-norms", config.getoption("--fcg-norms"), NORMS),
+        "rounds": rounds,
         "kernel_shapes": _shapes(pick("--fcg-kernel-shapes", _CUDA_KERNEL_SHAPES, "2,64,32,32", "1,8,8,8")),
         "ngf": 8 if smoke and config.getoption("--fcg-ngf") == 64 else config.getoption("--fcg-ngf"),
     }

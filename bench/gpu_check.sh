@@ -37,11 +37,11 @@ phase() {  # phase NAME SECONDS COMMAND...: run with a limit, log to $OUT/log.tx
 
 $PY -c "import fastcyclegan.kernels" 2>/dev/null || $PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -n 3
 
-phase cuda_tests 90 $PY -m pytest tests -q -p no:cacheprovider -m cuda -rs
+phase cuda_tests 75 $PY -m pytest tests -q -p no:cacheprovider -m cuda -rs
 phase generator_b16 100 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes bf16 \
     --benchmark-json="$OUT/generator_b16_bf16.json" "${SMOKE[@]}"
-phase generator_fp32 60 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes fp32 \
-    --fcg-backends eager,eager_cl,fast --benchmark-json="$OUT/generator_b16_fp32.json" "${SMOKE[@]}"
+phase generator_fp32 75 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes fp32 \
+    --fcg-backends eager,eager_cl,fast --fcg-norms plain,affine --benchmark-json="$OUT/generator_b16_fp32.json" "${SMOKE[@]}"
 phase kernel 50 $BENCH bench/test_kernel_bench.py --fcg-dtypes bf16 \
     --fcg-kernel-shapes "1,256,64,64;32,256,64,64;8,64,256,256" --benchmark-json="$OUT/kernel_bf16.json" "${SMOKE[@]}"
 phase generator_b1 70 $BENCH bench/test_generator_bench.py --fcg-batches 1 --fcg-dtypes bf16 \

@@ -27,7 +27,8 @@ def pytest_generate_tests(metafunc):
         return
     m = matrix(metafunc.config)
     cases = [
-        pytest.param((backend, size, batch, dtype), id=f"{backend}-{size}px-b{batch}-{dtype}")
+        pytest.param((backend, size, batch, dtype, norm), id=f"{backend}-{size}px-b{batch}-{dtype}-{norm}")
+        for norm in m["norms"]
         for dtype in m["dtypes"]
         for size in m["sizes"]
         for batch in m["batches"]
@@ -37,16 +38,24 @@ def pytest_generate_tests(metafunc):
 
 
 @functools.lru_cache(maxsize=4)
-def _reference(size: int, ngf: int) -> Generator:
+def _reference(size: int, ngf: int, norm: str) -> Generator:
+    """The seeded reference; with affine norms, learned-looking scales in [0.7, 1.8] and shifts of std 0.3
+    (a trained third-party generator's range), not the identity that construction gives."""
     torch.manual_seed(0)
-    return Generator(blocks_for(size), ngf=ngf).eval()
+    model = Generator(blocks_for(size), ngf=ngf, affine=norm == "affine").eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.InstanceNorm2d) and module.affine:
+                module.weight.uniform_(0.7, 1.8)
+                module.bias.normal_(0.0, 0.3)
+    return model
 
 
 @functools.lru_cache(maxsize=2)
-def _expected(size: int, batch: int, dtype_name: str, ngf: int, device: torch.device):
+def _expected(size: int, batch: int, dtype_name: str, ngf: int, norm: str, device: torch.device):
     """(inputs, float64 outputs, outputs of the eager reference in `dtype`), one per parity seed, computed once."""
     inputs, expected, same_dtype = [], [], []
-    reference = _reference(size, ngf)
+    reference = _reference(size, ngf, norm)
     for seed in range(1, PARITY_SEEDS + 1):
         torch.manual_seed(seed)
         x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
@@ -59,14 +68,15 @@ def _expected(size: int, batch: int, dtype_name: str, ngf: int, device: torch.de
 
 
 def test_generator(benchmark, case, fcg, device_info):
-    backend_name, size, batch, dtype_name = case
+    backend_name, size, batch, dtype_name, norm = case
     device, dtype, ngf = fcg["device"], DTYPES[dtype_name], fcg["ngf"]
     reason = unavailable_reason(backend_name, device)
     if reason:
         pytest.skip(reason)
-    inputs, expected, same_dtype = _expected(size, batch, dtype_name, ngf, device)
+    inputs, expected, same_dtype = _expected(size, batch, dtype_name, ngf, norm, device)
     torch._dynamo.reset()
-    backend = build_backend(backend_name, _reference(size, ngf), device=device, dtype=dtype, example=inputs[0])
+    reference = _reference(size, ngf, norm)
+    backend = build_backend(backend_name, reference, device=device, dtype=dtype, example=inputs[0])
     prepared = [backend.prepare(x.to(dtype)) for x in inputs]
     inp = prepared[0]
 
@@ -97,6 +107,7 @@ def test_generator(benchmark, case, fcg, device_info):
         "ngf": ngf,
         "batch": batch,
         "dtype": dtype_name,
+        "norm": norm,
         "compile_mode": backend.compile_mode,
         "compile_s": round(compile_s, 3),
         "parity_err": check.error,

@@ -23,8 +23,11 @@ def _report(args) -> int:
     if args.print or not (args.csv or args.markdown or args.plot):
         print(text, end="")
     for label, path in (("CSV", args.csv), ("markdown", args.markdown), ("plot", args.plot)):
-        if path and Path(path).exists():
+        if path and str(path) != "-" and Path(path).exists():
             print(f"wrote {label}: {path}", file=sys.stderr)
+    if problems:
+        print(f"fastcyclegan report: {len(problems)} file(s) or result(s) skipped", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -52,11 +55,14 @@ def _translate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastcyclegan", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("report", help="benchmark JSON -> CSV / markdown / plot comparison tables")
+    rep = sub.add_parser("report", help="benchmark JSON -> CSV / markdown / plot comparison tables",
+                         epilog="exit status: 0 all read and written, 1 written but some files or results "
+                                "skipped (named), 2 nothing readable or an output that cannot be written")  # fmt: skip
     rep.add_argument("sources", nargs="*", type=Path,
                      help="pytest-benchmark storage folders (newest run per machine) or JSON files "
                           "(default: .benchmarks)")  # fmt: skip
-    rep.add_argument("--csv", type=Path, help="long-form CSV, one row per (device, backend, size, batch, dtype)")
+    rep.add_argument("--csv", type=Path,
+                     help="long-form CSV, one row per result; - for standard output")  # fmt: skip
     rep.add_argument("--markdown", type=Path, help="markdown table, one column per backend")
     rep.add_argument("--plot", type=Path, help="bar chart PNG (needs matplotlib: the `plot` extra)")
     rep.add_argument("--print", action="store_true", help="also print the markdown table")

@@ -8,21 +8,24 @@ other files are still reported.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from .measure import GENERATOR_SUITE, KERNEL_SUITE
 
-KEY = ["device", "size", "batch", "dtype"]
-CSV_COLUMNS = KEY[:1] + ["backend"] + KEY[1:] + [
+KEY = ["machine", "device", "size", "batch", "dtype", "norm"]
+CSV_COLUMNS = KEY[:2] + ["backend"] + KEY[2:] + [
     "img_per_s", "ms_per_batch", "compile_s", "parity_err", "speedup_vs_eager",
     "num_blocks", "ngf", "compile_mode", "parity_ref_err", "peak_mem_mb", "tflop_s", "compute_fraction",
     "copy_gb_s", "matmul_bf16_tflop_s", "matmul_fp32_tflop_s",
     "torch", "triton", "cuda", "driver", "datetime", "source",
 ]  # fmt: skip
-KERNEL_COLUMNS = ["device", "variant", "impl", "shape", "dtype", "gb_s", "copy_fraction", "us", "parity_err",
+KERNEL_COLUMNS = ["machine", "device", "variant", "impl", "shape", "dtype", "gb_s", "copy_fraction", "us", "parity_err",
                   "copy_gb_s", "torch", "triton", "datetime", "source"]  # fmt: skip
 
 
@@ -47,27 +50,69 @@ def find_result_files(storage: Path) -> list[Path]:
     return files
 
 
+# what a timed row of each suite must hold to be reported: field -> accepted types
+_REQUIRED = {
+    GENERATOR_SUITE: {"backend": str, "device": str, "size": int, "batch": int, "dtype": str,
+                      "img_per_s": (int, float), "ms_per_batch": (int, float)},
+    KERNEL_SUITE: {"variant": str, "device": str, "shape": str, "dtype": str,
+                   "gb_s": (int, float), "copy_fraction": (int, float), "us": (int, float)},
+}  # fmt: skip
+
+
+def _row_problem(info: dict) -> str | None:
+    """Why a timed result cannot be reported (a field missing or of the wrong type), or None."""
+    for field, kinds in _REQUIRED[info["suite"]].items():
+        value = info.get(field)
+        if value is None:
+            return f"no '{field}'"
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return f"'{field}' is {type(value).__name__} {str(value)[:40]!r}, expected {_kind_names(kinds)}"
+    return None
+
+
+def _kind_names(kinds) -> str:
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    return " or ".join("a number" if k in (int, float) else "text" if k is str else k.__name__ for k in kinds)
+
+
+def _machine(data: dict, path: Path) -> str:
+    """Which machine ran the file: pytest-benchmark's machine_info node name, else the storage folder
+    (autosave writes one folder per machine), so two machines with one device name stay apart."""
+    info = data.get("machine_info")
+    node = info.get("node") if isinstance(info, dict) else None
+    return node if isinstance(node, str) and node else path.parent.name or "?"
+
+
 def read_results(paths) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(generator rows, kernel rows, problems), one row per timed benchmark of our suites."""
+    """(generator rows, kernel rows, problems), one row per timed benchmark of our suites. A file or a row
+    that cannot be read is named in `problems` and skipped; the rest is still reported."""
     rows: dict[str, list[dict]] = {GENERATOR_SUITE: [], KERNEL_SUITE: []}
     problems = []
     for path in map(Path, paths):
         try:
             data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            problems.append(f"{path}: cannot be read as JSON ({err})")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            why = "nested too deeply" if isinstance(err, RecursionError) else err
+            problems.append(f"{path}: cannot be read as JSON ({why})")
             continue
         if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
             problems.append(f"{path}: not a pytest-benchmark results file (no 'benchmarks' list)")
             continue
-        found = 0
+        found, machine = 0, _machine(data, path)
         for bench in data["benchmarks"]:
             info = bench.get("extra_info") if isinstance(bench, dict) else None
             if not isinstance(info, dict) or info.get("suite") not in rows:
                 continue
             found += 1
-            if "us" in info or "img_per_s" in info:  # absent when the run was --benchmark-disable
-                rows[info["suite"]].append({**info, "datetime": data.get("datetime"), "source": str(path)})
+            if "us" not in info and "img_per_s" not in info:  # a --benchmark-disable run: nothing timed
+                continue
+            why = _row_problem(info)
+            if why:
+                problems.append(f"{path}: result {str(bench.get('name'))[:80]!r} skipped: {why}")
+                continue
+            norm = info.get("norm") if isinstance(info.get("norm"), str) else "plain"  # files before --fcg-norms
+            rows[info["suite"]].append({**info, "norm": norm, "machine": machine, "datetime": data.get("datetime"),
+                                        "source": str(path)})  # fmt: skip
         if not found:
             problems.append(f"{path}: holds no fastcyclegan benchmark results (a file from another suite?)")
     return pd.DataFrame(rows[GENERATOR_SUITE]), pd.DataFrame(rows[KERNEL_SUITE]), problems
@@ -93,32 +138,47 @@ def generator_table(raw: pd.DataFrame) -> pd.DataFrame:
 def kernel_table(raw: pd.DataFrame) -> pd.DataFrame:
     if raw.empty:
         return pd.DataFrame(columns=KERNEL_COLUMNS)
-    df = raw.drop_duplicates(subset=["device", "variant", "shape", "dtype"], keep="last").copy()
+    df = raw.drop_duplicates(subset=["machine", "device", "variant", "shape", "dtype"], keep="last").copy()
     for column in KERNEL_COLUMNS:
         if column not in df:
             df[column] = None
-    return df[KERNEL_COLUMNS].sort_values(["device", "dtype", "shape", "variant"]).reset_index(drop=True)
+    return df[KERNEL_COLUMNS].sort_values(["machine", "device", "dtype", "shape", "variant"]).reset_index(drop=True)
+
+
+def _cell(value) -> str:
+    """Text for one markdown table cell: a `|` would split the cell and a newline end the table."""
+    return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def _markdown_grid(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def _provenance(df: pd.DataFrame) -> list[str]:
-    seen = df.drop_duplicates(subset=["device", "torch", "triton", "source"])
+    seen = df.drop_duplicates(subset=["machine", "device", "torch", "triton", "source"])
     return [
-        f"- {r.device}: torch {r.torch}, triton {r.triton}, run {str(r.datetime)[:19]}, file `{r.source}`"
+        _cell(f"- {r.device} on {r.machine}: torch {r.torch}, triton {r.triton}, run {str(r.datetime)[:19]}, "
+              f"file `{r.source}`")
         for r in seen.itertuples()
-    ]
+    ]  # fmt: skip
+
+
+def _device_labels(df: pd.DataFrame) -> dict:
+    """(machine, device) -> the device's name, with its machine's when several machines are reported."""
+    pairs = df[["machine", "device"]].drop_duplicates().itertuples(index=False)
+    several = df.machine.nunique() > 1
+    return {(m, d): f"{d} ({m})" if several else str(d) for m, d in pairs}
 
 
 def to_markdown(gen: pd.DataFrame, kernel: pd.DataFrame | None = None) -> str:
-    """One row per (device, size, batch, dtype), one column per backend: img/s and speedup against eager."""
+    """One row per (machine, device, size, batch, dtype, norm), one column per backend: img/s and speedup
+    against eager. The machine is named only when there are several; the norm only when one is affine."""
     parts = []
     if not gen.empty:
         backends = _backend_order(gen.backend.unique())
+        labels, with_norm = _device_labels(gen), bool((gen.norm != "plain").any())
         rows = []
         for key, group in gen.groupby(KEY, sort=True):
             by_backend = group.set_index("backend")
@@ -130,21 +190,25 @@ def to_markdown(gen: pd.DataFrame, kernel: pd.DataFrame | None = None) -> str:
                 r = by_backend.loc[b]
                 speed = f" ({r.speedup_vs_eager:.2f}x)" if pd.notna(r.speedup_vs_eager) else ""
                 cells.append(f"{r.img_per_s:,.1f}{speed}")
-            device, size, batch, dtype = key
-            rows.append([str(device), f"{size}x{size}", str(batch), str(dtype)] + cells)
+            machine, device, size, batch, dtype, norm = key
+            row = [labels[machine, device], f"{size}x{size}", str(batch), str(dtype)] + ([norm] if with_norm else [])
+            rows.append(row + cells)
         parts.append("Images per second (speedup against eager at the same device, size, batch and dtype):\n")
-        parts.append(_markdown_grid(["device", "size", "batch", "dtype"] + backends, rows))
+        header = ["device", "size", "batch", "dtype"] + (["norm"] if with_norm else [])
+        parts.append(_markdown_grid(header + backends, rows))
         parts.append("\n" + "\n".join(_provenance(gen)))
     if kernel is not None and not kernel.empty:
         variants = sorted(kernel.variant.unique(), key=lambda v: (v != "fused", v))
-        rows = []
-        for (device, shape, dtype), group in kernel.groupby(["device", "shape", "dtype"], sort=True):
+        labels, rows = _device_labels(kernel), []
+        for (machine, device, shape, dtype), group in kernel.groupby(
+            ["machine", "device", "shape", "dtype"], sort=True
+        ):
             by = group.set_index("variant")
             cells = [
                 f"{_gb(by.loc[v].gb_s)} ({100 * by.loc[v].copy_fraction:.0f}%)" if v in by.index else "—"
                 for v in variants
             ]
-            rows.append([str(device), shape, dtype] + cells)
+            rows.append([labels[machine, device], shape, dtype] + cells)
         fused = kernel[kernel.variant == "fused"]
         how = (
             ", ".join(f"{d}: {i}" for d, i in fused.groupby("device")["impl"].first().items())
@@ -153,7 +217,7 @@ def to_markdown(gen: pd.DataFrame, kernel: pd.DataFrame | None = None) -> str:
         )
         parts.append(
             "\nIN+ReLU GB/s (one read + one write; % of the device-to-device copy measured in the run)"
-            + (f"; `fused` ran as {how}" if how else "")
+            + (f"; `fused` ran as {_cell(how)}" if how else "")
             + ":\n"
         )
         parts.append(_markdown_grid(["device", "shape", "dtype"] + variants, rows))
@@ -171,7 +235,7 @@ def _backend_order(names) -> list[str]:
     return sorted(names, key=lambda b: BACKENDS.index(b) if b in BACKENDS else len(BACKENDS))
 
 
-def plot(gen: pd.DataFrame, path: Path) -> None:
+def plot(gen: pd.DataFrame, path) -> None:
     """Speedup against eager, one panel per device (named once, in its title), one group of bars per
     (size, batch, dtype), one bar per backend, a line at 1x; each bar labelled with its speedup."""
     import matplotlib
@@ -179,10 +243,12 @@ def plot(gen: pd.DataFrame, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = gen.dropna(subset=["speedup_vs_eager"])
-    devices = sorted(rows.device.unique())
+    rows = gen.dropna(subset=["speedup_vs_eager"]).copy()
+    labels = _device_labels(rows)
+    rows["panel"] = [labels[m, d] for m, d in zip(rows.machine, rows.device)]
+    devices = sorted(rows.panel.unique())
     backends = [b for b in _backend_order(rows.backend.unique()) if b != "eager"]
-    groups = {d: rows[rows.device == d].pivot_table(index=KEY[1:], columns="backend", values="speedup_vs_eager")
+    groups = {d: rows[rows.panel == d].pivot_table(index=KEY[2:], columns="backend", values="speedup_vs_eager")
               for d in devices}  # fmt: skip
     widest = max((len(g) for g in groups.values()), default=1)
     fig, axes = plt.subplots(len(devices), 1, figsize=(max(6.0, 1.6 * widest + 2), 3.6 * len(devices)),
@@ -200,33 +266,86 @@ def plot(gen: pd.DataFrame, path: Path) -> None:
             ax.bar_label(bars, labels=[f"{v:.2f}" if pd.notna(v) else "" for v in table[backend]], fontsize=7,
                          padding=1)  # fmt: skip
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-        ax.set_xticks(list(positions), [f"{size}x{size}, batch {batch}, {dtype}" for size, batch, dtype in table.index])
+        ticks = [f"{size}x{size}, batch {batch}, {dtype}" + (f", {norm}" if norm != "plain" else "")
+                 for size, batch, dtype, norm in table.index]  # fmt: skip
+        ax.set_xticks(list(positions), ticks)
         ax.set_ylabel("speedup vs eager (x)")
         ax.set_ylim(0, max(1.2, float(table.max().max()) * 1.18))
         ax.set_title(device, fontsize=10)
     axes[0, 0].legend(loc="upper left", fontsize=8, ncols=min(len(backends), 5), frameon=False)
     fig.suptitle("fastcyclegan: generator throughput against eager PyTorch (higher is faster; dashed: eager)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula (=, +, -, @ first: a device name is whatever the
+    machine reports) get a leading apostrophe; numbers stay numbers."""
+    df = df.copy()
+    for column in [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]:
+        df[column] = [f"'{v}" if isinstance(v, str) and v.startswith(_FORMULA_START) else v for v in df[column]]
+    return df
+
+
+def _check_output(label: str, path) -> None:
+    """Before anything is written: an output must be a file in an existing folder."""
+    if path is None or str(path) == "-":
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ReportError(f"--{label} {path}: is a folder; expected a file name")
+    if not path.parent.is_dir():
+        raise ReportError(f"--{label} {path}: folder {path.parent} does not exist")
+
+
+def _write(label: str, path: Path, content: str | bytes) -> None:
+    """Whole or not at all: written beside the target under a temporary name, then renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(content) if isinstance(content, bytes) else tmp.write_text(content)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise ReportError(f"--{label} {path}: cannot write ({err.strerror or err})") from None
+
+
 def report(paths, csv_path=None, markdown_path=None, plot_path=None) -> tuple[str, list[str]]:
-    """Write what was asked for; return (markdown, problems). Raises ReportError if nothing could be read."""
+    """Write what was asked for; return (markdown, problems). `csv_path` "-" means standard output.
+    Raises ReportError if nothing could be read or an output cannot be written (checked before any is)."""
+    for label, path in (("csv", csv_path), ("markdown", markdown_path), ("plot", plot_path)):
+        _check_output(label, path)
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ReportError("--plot needs matplotlib: pip install 'fastcyclegan[plot]'") from None
     gen_raw, kernel_raw, problems = read_results(paths)
     if gen_raw.empty and kernel_raw.empty and problems:
         raise ReportError("no fastcyclegan results could be read:\n  " + "\n  ".join(problems))
     gen, kernel = generator_table(gen_raw), kernel_table(kernel_raw)
     text = to_markdown(gen, kernel)
     if csv_path:
-        gen.to_csv(csv_path, index=False)
+        tables = [_csv_safe(gen).to_csv(index=False)]
         if not kernel.empty:
-            kernel.to_csv(Path(csv_path).with_suffix(".kernels.csv"), index=False)
+            tables.append(_csv_safe(kernel).to_csv(index=False))
+        if str(csv_path) == "-":
+            sys.stdout.write("\n".join(tables))
+        else:
+            _write("csv", csv_path, tables[0])
+            if len(tables) > 1:
+                _write("csv", Path(csv_path).with_suffix(".kernels.csv"), tables[1])
     if markdown_path:
-        Path(markdown_path).write_text(text)
+        _write("markdown", markdown_path, text)
     if plot_path:
         if gen.empty:
             problems.append(f"{plot_path}: not written, no timed generator results")
         else:
-            plot(gen, Path(plot_path))
+            buffer = io.BytesIO()
+            plot(gen, buffer)
+            _write("plot", plot_path, buffer.getvalue())
     return text, problems

@@ -12,8 +12,10 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 
 from fastcyclegan.cli import main
+from fastcyclegan.measure import GENERATOR_SUITE
 from fastcyclegan.report import CSV_COLUMNS, ReportError, find_result_files, report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -62,7 +64,7 @@ def test_gpu_check_smoke_runs_every_phase(gpu_check_smoke):
 @pytest.fixture(scope="module")
 def suite_json(gpu_check_smoke, tmp_path_factory):
     """What the benchmark suites themselves wrote (gpu_check.sh's smoke run): the fp32 generator phase (three
-    backends) and the kernel phase, merged into one pytest-benchmark file."""
+    backends, plain and affine norms) and the kernel phase, merged into one pytest-benchmark file."""
     out_dir, done = gpu_check_smoke
     generator = json.loads((out_dir / "generator_b16_fp32.json").read_text())
     kernel = json.loads((out_dir / "kernel_bf16.json").read_text())
@@ -78,15 +80,17 @@ def test_csv_from_the_suite_has_the_promised_columns(suite_json, tmp_path):
     assert problems == []
     df = pd.read_csv(csv)
     assert list(df.columns) == CSV_COLUMNS
-    assert sorted(df.backend) == ["eager", "eager_cl", "fast"]
+    assert sorted(zip(df.norm, df.backend)) == [
+        (n, b) for n in ("affine", "plain") for b in ("eager", "eager_cl", "fast")
+    ]
     assert (df["size"] == 32).all() and (df.batch == 1).all() and (df.dtype == "fp32").all()
     assert (df.img_per_s > 0).all() and (df.ms_per_batch > 0).all()
-    eager = df.set_index("backend").loc["eager"]
+    eager = df[df.norm == "affine"].set_index("backend").loc["eager"]
     assert eager.speedup_vs_eager == pytest.approx(1.0)
-    fast = df.set_index("backend").loc["fast"]
+    fast = df[df.norm == "affine"].set_index("backend").loc["fast"]
     assert fast.speedup_vs_eager == pytest.approx(fast.img_per_s / eager.img_per_s)
     assert df.parity_err.notna().all() and df.device.str.startswith("CPU").all()
-    assert "| device | size | batch | dtype | eager | eager_cl | fast |" in text and md.read_text() == text
+    assert "| device | size | batch | dtype | norm | eager | eager_cl | fast |" in text and md.read_text() == text
     assert "IN+ReLU GB/s" in text and (tmp_path / "out.kernels.csv").exists()
     assert png.read_bytes()[:4] == b"\x89PNG"
 
@@ -110,7 +114,7 @@ def test_cli_writes_csv_and_reports_bad_files_but_keeps_the_good(suite_json, tmp
     code = main(["report", str(suite_json), str(tmp_path / "corrupt.json"), str(tmp_path / "other.json"),
                  "--csv", str(csv)])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 0 and csv.exists() and len(pd.read_csv(csv)) == 3
+    assert code == 1 and csv.exists() and len(pd.read_csv(csv)) == 6
     assert "corrupt.json: cannot be read as JSON" in err
     assert "other.json: holds no fastcyclegan benchmark results" in err
 
@@ -142,3 +146,125 @@ def test_module_entry_point(tmp_path):
     done = subprocess.run([sys.executable, "-m", "fastcyclegan", "report", str(tmp_path / "none")],
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def _with(suite_json, tmp_path, name, edit):
+    """A copy of the suite's file, `edit`ed (a function of the parsed JSON)."""
+    data = json.loads(suite_json.read_text())
+    edit(data)
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _generator_rows(data):
+    return [b for b in data["benchmarks"] if b["extra_info"].get("suite") == GENERATOR_SUITE]
+
+
+@pytest.mark.parametrize(
+    "field, value, why",
+    [
+        ("backend", None, "no 'backend'"),
+        ("img_per_s", "fast", "'img_per_s' is str"),
+        ("device", ["CPU", "x"], "'device' is list"),
+        ("size", None, "no 'size'"),
+        ("batch", True, "'batch' is bool"),
+    ],
+)
+def test_a_bad_result_is_named_and_skipped_and_the_rest_reported(suite_json, tmp_path, capsys, field, value, why):
+    def edit(data):
+        row = _generator_rows(data)[0]["extra_info"]
+        row.pop(field) if value is None else row.__setitem__(field, value)
+
+    bad = _with(suite_json, tmp_path, "bad.json", edit)
+    csv = tmp_path / "out.csv"
+    assert main(["report", str(bad), "--csv", str(csv)]) == 1
+    err = capsys.readouterr().err
+    assert "bad.json: result 'test_generator[" in err and why in err and "Traceback" not in err
+    assert len(pd.read_csv(csv)) == 5  # the other five generator results
+
+
+def test_deeply_nested_json_is_a_bad_file_not_a_crash(suite_json, tmp_path, capsys):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["report", str(suite_json), str(deep), "--csv", str(tmp_path / "out.csv")]) == 1
+    assert "deep.json: cannot be read as JSON (nested too deeply)" in capsys.readouterr().err
+
+
+def test_two_machines_with_one_device_name_keep_both_sets_of_rows(suite_json, tmp_path):
+    def on(node):
+        return lambda data: data["machine_info"].__setitem__("node", node)
+
+    a, b = _with(suite_json, tmp_path, "a.json", on("node-a")), _with(suite_json, tmp_path, "b.json", on("node-b"))
+    csv = tmp_path / "out.csv"
+    text, problems = report([a, b], csv)
+    df = pd.read_csv(csv)
+    assert problems == [] and len(df) == 12 and sorted(df.machine.unique()) == ["node-a", "node-b"]
+    assert "(node-a)" in text and "(node-b)" in text  # several machines: each row names its machine
+
+
+def test_device_names_cannot_inject_formulas_or_break_the_table(suite_json, tmp_path):
+    def edit(data):
+        for bench in data["benchmarks"]:
+            bench["extra_info"]["device"] = "=HYPERLINK(1)|evil\nrow"
+
+    path = _with(suite_json, tmp_path, "evil.json", edit)
+    csv = tmp_path / "out.csv"
+    text, _ = report([path], csv)
+    assert set(pd.read_csv(csv).device) == {"'=HYPERLINK(1)|evil\nrow"}  # quoted text, never a formula
+    cells, header = [], None  # every table row has its header's number of unescaped cell separators
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        count = line.count("|") - line.count("\\|")
+        header = header or count
+        cells.append(count == header)
+    assert len(cells) > 4 and all(cells) and "HYPERLINK" in text
+    assert pd.read_csv(csv).parity_err.dtype.kind == "f"  # numbers stay numbers
+
+
+@pytest.mark.parametrize("option", ["--csv", "--markdown", "--plot"])
+def test_an_output_that_is_a_folder_is_one_line_and_nothing_is_written(suite_json, tmp_path, capsys, option):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    other = tmp_path / "other.md"
+    args = ["report", str(suite_json), option, str(folder)] + (
+        ["--markdown", str(other)] if option != "--markdown" else []
+    )
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is a folder" in err and not other.exists()
+
+
+def test_plot_without_matplotlib_writes_nothing(suite_json, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    csv = tmp_path / "out.csv"
+    assert main(["report", str(suite_json), "--csv", str(csv), "--plot", str(tmp_path / "p.png")]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err and not csv.exists()
+
+
+def test_csv_dash_is_standard_output(suite_json, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(suite_json), "--csv", "-"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(",".join(CSV_COLUMNS)) and not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--fcg-batches", "0"], "--fcg-batches: expected a comma list of positive integers, got '0'"),
+        (["--fcg-dtypes", ""], "--fcg-dtypes: expected a comma list out of fp32, fp16, bf16; got nothing"),
+        (["--fcg-device", "cuda"], "--fcg-device cuda: this machine has no CUDA device"),
+        (["--fcg-norms", "batch"], "--fcg-norms: expected a comma list out of plain, affine; got unknown ['batch']"),
+        (["--fcg-kernel-shapes", "1,2,3"], "--fcg-kernel-shapes: expected 'N,C,H,W;N,C,H,W', got '1,2,3'"),
+    ],
+)
+def test_bench_options_are_checked_before_anything_runs(option, message):
+    if "cuda" in option and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --fcg-device cuda is valid here")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    done = subprocess.run([sys.executable, "-m", "pytest", "bench", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           *option], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 4 and message in done.stderr + done.stdout, done.stderr[-2000:]
