@@ -148,9 +148,17 @@ def describe_checkpoint(source, *, map_location="cpu", key: str | None = None) -
     state, taken = read_state_dict(source, map_location=map_location, key=key)
     where = describe_source(source) + (f" (under '{taken}')" if taken else "")
     try:
-        return describe_state(state), taken
+        spec = describe_state(state)
     except NotAGenerator as err:
         raise ValueError(f"checkpoint {where} is not a ResNet generator FastGenerator can run: it {err}") from err
+    for name, tensor in spec.state.items():  # a diverged training run: every output would be NaN or black
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ValueError(
+                f"checkpoint {where} holds non-finite weights: '{name}' has {bad} NaN or infinite values of "
+                f"{tensor.numel()} (a diverged training run?); expected finite numbers"
+            )
+    return spec, taken
 
 
 def build_generator(cls: type[nn.Module], spec: GeneratorSpec) -> nn.Module:

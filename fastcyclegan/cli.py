@@ -40,16 +40,16 @@ def _translate(args) -> int:
             dtype=args.dtype, device=args.device, backend=args.backend, overwrite=args.overwrite,
             workers=args.workers, progress=not args.quiet, key=args.key,
         )  # fmt: skip
-    except FileNotFoundError as err:
-        print(f"fastcyclegan translate: {err}", file=sys.stderr)
-        return 1
-    except (ValueError, RuntimeError) as err:
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"fastcyclegan translate: {err}", file=sys.stderr)
         return 2
-    for path, why in summary.skipped:
-        print(f"skipped {path}: {why}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("fastcyclegan translate: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
+        return 130
+    for path, why in summary.failed:
+        print(f"failed {path}: {why}", file=sys.stderr)
     print(summary.line())
-    return 0
+    return 1 if summary.failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .backends import BACKENDS
 
-    tr = sub.add_parser("translate", help="run a generator checkpoint over a folder of images")
+    tr = sub.add_parser("translate", help="run a generator checkpoint over a folder of images",
+                        epilog="exit status: 0 every input translated or already there, 1 some inputs failed "
+                               "(each named), 2 nothing done (bad arguments, checkpoint or output folder), "
+                               "130 interrupted")  # fmt: skip
     tr.add_argument("checkpoint", type=Path, help="a ResNet generator checkpoint (public layout or trained elsewhere)")
     tr.add_argument("input_dir", type=Path, help="folder of PNG/JPEG images (searched recursively)")
     tr.add_argument("output_dir", type=Path, help="PNGs are written here under the inputs' relative names")

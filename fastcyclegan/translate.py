@@ -3,14 +3,21 @@
 Preprocessing is the public CycleGAN test script's default (load_size == crop_size, no flip): RGB, bicubic
 resize to size x size, scale to [-1, 1]. Outputs are written like its `tensor2im`: (y + 1) / 2 * 255,
 truncated to uint8, as PNG under the input's relative name. Images decode in DataLoader workers while the
-device computes; each PNG is written to a hidden temporary name and renamed, so an interrupted run leaves
-no half-written output and resumes where it stopped.
+device computes and a pool of threads encodes PNGs (zlib releases the GIL); at most a bounded number of
+outputs wait for the writers, so a fast GPU pushes back instead of filling memory. Each PNG is written to a
+temporary name of its own and renamed, so an interrupted run or a full disk leaves no half-written output
+(temporaries are removed) and a rerun resumes where it stopped. The output location is checked before the
+model is loaded; an output folder inside the input folder is never read as input; the summary says which
+stage bounded the throughput.
 """
 
 from __future__ import annotations
 
+import collections
+import errno
 import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,11 +39,17 @@ def _pil():
     return Image
 
 
-def find_images(root: Path) -> list[Path]:
-    """Every PNG/JPEG under root (recursively), in a stable order, hidden files left out."""
-    found = [
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    ]
+def find_images(root: Path, exclude: Path | None = None) -> list[Path]:
+    """Every PNG/JPEG under root (recursively), in a stable order, hidden files and anything under `exclude`
+    (an output folder inside the input folder: its outputs are no inputs) left out."""
+    exclude = exclude.resolve() if exclude is not None else None
+    found = []
+    for p in root.rglob("*"):
+        if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith(".") or not p.is_file():
+            continue
+        if exclude is not None and p.resolve().is_relative_to(exclude):
+            continue
+        found.append(p)
     return sorted(found)
 
 
@@ -77,24 +90,66 @@ def _collate(items):
 
 @dataclass
 class Summary:
+    """What a run did: images written, inputs skipped because their output exists (a resume), inputs that
+    failed (unreadable, output not written, output name taken), and where the time went: waiting for decoded
+    images, computing, waiting for the PNG writers."""
+
     images: int = 0
     seconds: float = 0.0
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "compute": 0.0, "write": 0.0})
 
     @property
     def img_per_s(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def bound_by(self) -> str:
+        """The stage the main loop spent longest on: decode (waiting for the loader's workers), compute
+        (the model, transfers included), or write (waiting for the PNG writers to catch up)."""
+        return max(self.stages, key=self.stages.get)
+
     def line(self) -> str:
+        times = ", ".join(f"{k} {v:.2f} s" for k, v in self.stages.items())
         return (f"translated {self.images} images in {self.seconds:.2f} s ({self.img_per_s:.1f} img/s), "
-                f"skipped {len(self.skipped)}")  # fmt: skip
+                f"skipped {len(self.skipped)} existing, failed {len(self.failed)}; "
+                f"bound by {self.bound_by} ({times})")  # fmt: skip
+
+
+# errors after which no further write can succeed: stop instead of failing every remaining image
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def _write_png(array, out: Path) -> None:
+    """Writes out atomically: encoded into a temporary file of this call's own in out's folder (so two
+    writers of one name never share one), renamed over out; the temporary is removed on any failure."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    _pil().fromarray(array.numpy()).save(partial, format="PNG")
-    os.replace(partial, out)  # atomic: a crash leaves no half-written PNG under the final name
+    fd, partial = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _pil().fromarray(array.numpy()).save(f, format="PNG")
+        os.replace(partial, out)  # atomic: a crash leaves no half-written PNG under the final name
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+
+
+def check_output_dir(input_dir: Path, output_dir: Path, overwrite: bool) -> None:
+    """Before the model is loaded: the output folder can be created and written, and is not the input."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output '{output_dir}' exists and is not a folder")
+    if output_dir.resolve() == input_dir.resolve():
+        raise ValueError(
+            f"output folder '{output_dir}' is the input folder: outputs would replace sources (--overwrite) or be "
+            "read as inputs by the next run; choose another folder (one inside the input folder is fine)"
+        )
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create output folder '{output_dir}': {err.strerror or err}") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"output folder '{output_dir}' is not writable")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,33 +175,38 @@ def translate(
     progress: bool = True,
     key: str | None = None,
 ) -> Summary:
-    """Translate every image under input_dir into output_dir; see the module docstring."""
+    """Translate every image under input_dir into output_dir; see the module docstring. Raises ValueError
+    (or FileNotFoundError) before any work for bad arguments; per-image failures are in the summary."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise ValueError(f"input folder '{input_dir}' does not exist or is not a folder")
     if size < 5 or batch_size < 1:
         raise ValueError(f"--size must be >= 5 and --batch-size >= 1, got {size} and {batch_size}")
+    if workers is not None and workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {workers}")
     target = resolve_device(device)
     dtype_name = ("bf16" if target.type == "cuda" else "fp32") if dtype == "auto" else dtype
     if dtype_name not in DTYPES:
         raise ValueError(f"--dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    check_output_dir(input_dir, output_dir, overwrite)
+    images = find_images(input_dir, exclude=output_dir)
+    if not images:
+        raise FileNotFoundError(f"no PNG or JPEG images under '{input_dir}'")
     generator = load_generator(checkpoint, key=key)  # ValueError naming the file when it does not fit
     if generator.checkpoint_key is not None:
         print(f"using the state dict under '{generator.checkpoint_key}' of '{checkpoint}'", file=sys.stderr)
-    images = find_images(input_dir)
-    if not images:
-        raise FileNotFoundError(f"no PNG or JPEG images under '{input_dir}'")
     summary = Summary()
-    todo, outputs = [], {}
+    todo, outputs, taken = [], {}, set()
     for path in images:
         out = output_dir / path.relative_to(input_dir).with_suffix(".png")
-        if out in outputs.values():
-            summary.skipped.append((path, f"output name {out} is taken by another input"))
+        if out in taken:
+            summary.failed.append((path, f"output name {out} is taken by another input"))
         elif out.exists() and not overwrite:
             summary.skipped.append((path, "output exists (use --overwrite)"))
         else:
             outputs[len(todo)] = out
             todo.append(path)
+        taken.add(out)
     run = build_backend(backend, generator, device=target, dtype=DTYPES[dtype_name],
                         example=torch.zeros(batch_size, 3, size, size))  # fmt: skip
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
@@ -154,26 +214,56 @@ def translate(
         _Images(todo, size), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
         pin_memory=target.type == "cuda",
     )  # fmt: skip
+    n_writers = max(2, min(8, os.cpu_count() or 1))
+    most_waiting = max(2 * batch_size, 4 * n_writers)  # decoded outputs held for the writers, at most
     bar = _progress(len(todo), progress)
+    done, stopped = set(), None
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=2) as writer, torch.inference_mode():
-        pending = []
-        for indices, batch, failed in loader:
-            summary.skipped += [(todo[i], f"unreadable image ({err})") for i, err in failed]
+
+    def settle(job, i) -> None:
+        nonlocal stopped
+        done.add(i)
+        try:
+            job.result()
+            summary.images += 1
+        except OSError as err:
+            summary.failed.append((todo[i], f"not written to {outputs[i]} ({err.strerror or err})"))
+            if err.errno in _DISK_ERRORS and stopped is None:
+                stopped = f"{err.strerror} writing {outputs[i]}"
+
+    with ThreadPoolExecutor(max_workers=n_writers) as writer, torch.inference_mode():
+        waiting: collections.deque = collections.deque()
+        batches = iter(loader)
+        while stopped is None:
+            t0 = time.perf_counter()
+            item = next(batches, None)
+            t1 = time.perf_counter()
+            summary.stages["decode"] += t1 - t0
+            if item is None:
+                break
+            indices, batch, failed = item
+            for i, err in failed:
+                done.add(i)
+                summary.failed.append((todo[i], f"unreadable image ({err})"))
             if batch is not None:
                 n = len(indices)
                 if run.compile_mode and n < batch_size:  # a compiled graph keeps one batch shape
                     batch = torch.cat([batch, batch[-1:].expand(batch_size - n, -1, -1, -1)])
                 x = run.prepare(batch.to(target, DTYPES[dtype_name], non_blocking=True))
-                pixels = to_uint8(run.run(x)[:n])
-                pending += [(writer.submit(_write_png, pixels[k], outputs[i]), i) for k, i in enumerate(indices)]
+                pixels = to_uint8(run.run(x)[:n])  # .cpu(): waits for the device
+                waiting += [(writer.submit(_write_png, pixels[k], outputs[i]), i) for k, i in enumerate(indices)]
+            t2 = time.perf_counter()
+            summary.stages["compute"] += t2 - t1
+            while len(waiting) > most_waiting:  # push back: the writers catch up before more is decoded
+                settle(*waiting.popleft())
+            summary.stages["write"] += time.perf_counter() - t2
             bar.update(len(indices) + len(failed))
-        for job, i in pending:
-            try:
-                job.result()
-                summary.images += 1
-            except OSError as err:
-                summary.skipped.append((todo[i], f"could not write {outputs[i]} ({err})"))
+        t3 = time.perf_counter()
+        while waiting:
+            settle(*waiting.popleft())
+        summary.stages["write"] += time.perf_counter() - t3
+    if stopped is not None:
+        summary.failed += [(p, f"not attempted: stopped after {stopped}") for i, p in enumerate(todo) if i not in done]
     summary.seconds = time.perf_counter() - start
     bar.close()
     return summary

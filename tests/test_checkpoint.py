@@ -1,5 +1,8 @@
 """Loading real checkpoints: round trip, legacy buffers, DataParallel prefixes, and refusals."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from helpers import PublicResnetGenerator
@@ -155,3 +158,56 @@ def test_zip_bomb_is_refused_before_it_is_read(tmp_path):
     assert path.stat().st_size < 200_000
     with pytest.raises(ValueError, match=r"bomb\.pth.*'archive/data/0' inflates from .* zip bomb"):
         load_generator(path)
+
+
+_UNDER_4_GIB = """
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+from fastcyclegan import load_generator
+start = time.perf_counter()
+try:
+    load_generator(sys.argv[1])
+except ValueError as err:
+    print(f"ValueError after {time.perf_counter() - start:.2f} s: {err}")
+"""
+
+
+@pytest.mark.parametrize(
+    "build, why",
+    [
+        # 2,000 one-element block keys and a stem expanded from one float: ~600 KB that once asked for 5.6 GB
+        (lambda: {"model.1.weight": torch.zeros(1).expand(64, 3, 7, 7), "model.1.bias": torch.zeros(64),
+                  **{f"model.{10 + i}.conv_block.1.weight": torch.zeros(1) for i in range(2000)}},
+         "no layer of a ResNet generator"),
+        # a stem of 20,000 x 3 x 7 x 7 over 4 stored bytes (28.8 GB declared)
+        (lambda: {"model.1.weight": torch.zeros(1).expand(20000, 3, 7, 7), "model.1.bias": torch.zeros(20000)},
+         "expanded tensor under 'model.1.weight'"),
+    ],
+    ids=["many-blocks", "wide-stem"],
+)  # fmt: skip
+def test_checkpoint_bombs_are_refused_under_a_4_gib_address_limit(tmp_path, build, why):
+    path = tmp_path / "bomb.pth"
+    torch.save(build(), path)
+    assert path.stat().st_size < 700_000
+    done = subprocess.run([sys.executable, "-c", _UNDER_4_GIB, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("ValueError after"), done.stderr[-2000:]
+    assert why in done.stdout and float(done.stdout.split()[2]) < 10
+
+
+def test_nan_weights_are_refused_naming_the_key(tmp_path):
+    state = Generator(1, ngf=8).state_dict()
+    state["model.10.conv_block.5.weight"][0, 0, 0, 0] = float("nan")
+    path = tmp_path / "diverged.pth"
+    torch.save(state, path)
+    with pytest.raises(
+        ValueError, match=r"diverged\.pth.*non-finite weights: 'model\.10\.conv_block\.5\.weight' has 1"
+    ):
+        load_generator(path)
+
+
+def test_a_json_file_is_named_as_no_checkpoint(tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_text('{"model.1.weight": [1, 2]}')
+    with pytest.raises(ValueError, match=r"weights\.pth.*neither a PyTorch checkpoint nor a safetensors file") as info:
+        load_generator(path)
+    assert "run code" not in str(info.value)

@@ -1,5 +1,7 @@
 """fastcyclegan translate: outputs equal the reference module's, resume, --overwrite, and the error cases."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -59,9 +61,9 @@ def test_outputs_match_the_reference_module(tmp_path, checkpoint, images, backen
     out = tmp_path / "out"
     summary = translate(path, images, out, size=SIZE, batch_size=3, device="cpu", backend=backend,
                         workers=workers, progress=False)  # fmt: skip
-    assert summary.images == 4
-    assert [p.name for p, _ in summary.skipped] == ["corrupt.png"]
-    assert "unreadable image" in summary.skipped[0][1]
+    assert summary.images == 4 and summary.skipped == []
+    assert [p.name for p, _ in summary.failed] == ["corrupt.png"]
+    assert "unreadable image" in summary.failed[0][1]
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == ["gray.png", "nested/deeper/x.png", "nested/rgba.png", "rgb.png"]
     for src in find_images(images):
@@ -94,14 +96,17 @@ def test_cli_summary_line(tmp_path, checkpoint, images, capsys):
     code = main(["translate", str(path), str(images), str(tmp_path / "out"), "--size", str(SIZE),
                  "--batch-size", "2", "--device", "cpu", "--workers", "0", "--quiet"])  # fmt: skip
     captured = capsys.readouterr()
-    assert code == 0
-    assert "translated 4 images in" in captured.out and "img/s), skipped 1" in captured.out
-    assert "skipped" in captured.err and "corrupt.png" in captured.err
+    assert code == 1  # one input failed, named
+    assert "translated 4 images in" in captured.out and "img/s), skipped 0 existing, failed 1; bound by" in captured.out
+    assert "failed" in captured.err and "corrupt.png" in captured.err
+    (images / "corrupt.png").unlink()
+    again = main(["translate", str(path), str(images), str(tmp_path / "out"), "--size", str(SIZE), "--quiet"])
+    assert again == 0 and "translated 0 images" in capsys.readouterr().out  # all there: a finished resume
 
 
 def test_empty_folder_exits_non_zero(tmp_path, checkpoint, capsys):
     (tmp_path / "empty").mkdir()
-    assert main(["translate", str(checkpoint[0]), str(tmp_path / "empty"), str(tmp_path / "out"), "--quiet"]) == 1
+    assert main(["translate", str(checkpoint[0]), str(tmp_path / "empty"), str(tmp_path / "out"), "--quiet"]) == 2
     assert "no PNG or JPEG images" in capsys.readouterr().err
 
 
@@ -117,3 +122,109 @@ def test_missing_input_folder_and_bad_options(tmp_path, checkpoint, capsys):
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--size must be >= 5"):
         translate(checkpoint[0], tmp_path, tmp_path / "out", size=2)
+
+
+def test_an_output_that_is_a_file_fails_before_the_model_loads(tmp_path, images, capsys):
+    taken = tmp_path / "out.png"
+    taken.write_bytes(b"x")
+    missing_checkpoint = tmp_path / "no.pth"  # never opened: the output is checked first
+    assert main(["translate", str(missing_checkpoint), str(images), str(taken), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fastcyclegan translate: output '{taken}' exists and is not a folder"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_output_folder_equal_to_the_input_is_refused(tmp_path, checkpoint, images, overwrite):
+    before = {p: p.read_bytes() for p in images.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="is the input folder"):
+        translate(checkpoint[0], images, images / "nested" / "..", overwrite=overwrite, progress=False)
+    assert {p: p.read_bytes() for p in images.rglob("*") if p.is_file()} == before
+
+
+def test_an_output_folder_inside_the_input_is_never_read_as_input(tmp_path, checkpoint, images):
+    out = images / "out"
+    first = translate(checkpoint[0], images, out, size=SIZE, device="cpu", workers=0, progress=False)
+    second = translate(checkpoint[0], images, out, size=SIZE, device="cpu", workers=0, progress=False,
+                       overwrite=True)  # fmt: skip
+    assert first.images == second.images == 4 and not (out / "out").exists()
+    assert sorted(p.name for p in out.rglob("*.png")) == ["gray.png", "rgb.png", "rgba.png", "x.png"]
+
+
+def test_a_full_disk_stops_names_what_was_not_written_and_leaves_no_temporaries(tmp_path, checkpoint, images,
+                                                                                  monkeypatch, capsys):  # fmt: skip
+    """A save that fails with ENOSPC after writing part of its file, as a full disk does."""
+    import errno
+
+    from PIL import Image as PILImage
+
+    def full_disk(self, fp, format=None, **params):
+        fp.write(b"\x89PNG partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PILImage.Image, "save", full_disk)
+    out = tmp_path / "out"
+    code = main(["translate", str(checkpoint[0]), str(images), str(out), "--size", str(SIZE), "--batch-size", "1",
+                 "--device", "cpu", "--workers", "0", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    for name in ("rgb.png", "gray.jpg", "rgba.PNG", "x.jpeg", "corrupt.png"):
+        assert name in err, err  # every input not written is named
+    assert "No space left on device" in err
+    assert not [p for p in out.rglob("*") if p.is_file()]  # neither outputs nor temporaries
+
+
+def test_two_writers_of_one_output_never_corrupt_it(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastcyclegan.translate import _write_png
+
+    out = tmp_path / "same.png"
+    arrays = [torch.full((64, 64, 3), v, dtype=torch.uint8) for v in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda a: _write_png(a, out), arrays))
+    pixels = np.asarray(Image.open(out))
+    assert pixels.shape == (64, 64, 3) and (pixels == pixels.flat[0]).all()
+    assert [p.name for p in tmp_path.iterdir()] == ["same.png"]
+
+
+def test_outputs_waiting_for_the_writers_are_bounded(tmp_path, checkpoint, monkeypatch):
+    """With a slow writer (50 ms a PNG) the loop waits for it instead of holding every output in memory."""
+    import time as _time
+
+    from fastcyclegan import translate as module
+
+    root = tmp_path / "many"
+    root.mkdir()
+    for k in range(60):
+        Image.fromarray(np.full((8, 8, 3), k, dtype=np.uint8)).save(root / f"{k:02d}.png")
+    written, produced, most = [], [0], [0]
+    slow_write, real_to_uint8 = module._write_png, module.to_uint8
+
+    def slow(array, out):
+        _time.sleep(0.05)
+        slow_write(array, out)
+        written.append(out)
+
+    def counting(y):
+        produced[0] += y.shape[0]
+        most[0] = max(most[0], produced[0] - len(written))
+        return real_to_uint8(y)
+
+    monkeypatch.setattr(module, "_write_png", slow)
+    monkeypatch.setattr(module, "to_uint8", counting)
+    summary = translate(checkpoint[0], root, tmp_path / "out", size=8, batch_size=2, device="cpu", workers=0,
+                        progress=False)  # fmt: skip
+    assert summary.images == 60 and summary.bound_by == "write"
+    n_writers = max(2, min(8, os.cpu_count() or 1))
+    assert most[0] <= max(2 * 2, 4 * n_writers) + 2 < 60  # the bound plus the batch being computed
+
+
+def test_ctrl_c_is_one_line(tmp_path, checkpoint, images, monkeypatch, capsys):
+    from fastcyclegan import translate as module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "translate", interrupted)
+    assert main(["translate", str(checkpoint[0]), str(images), str(tmp_path / "out"), "--quiet"]) == 130
+    assert capsys.readouterr().err.strip().count("\n") == 0
