@@ -140,6 +140,11 @@ class FastGenerator(Generator):
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"FastGenerator expects input of shape (N, {self.in_channels}, H, W), got {got}")
+        if not x.is_floating_point():
+            raise ValueError(
+                f"FastGenerator expects a floating-point image in [-1, 1] (float32, bfloat16, float16 or float64), "
+                f"got {x.dtype}: for uint8 pixels use x.float() / 127.5 - 1"
+            )
         smallest = min_input_size(self.num_blocks)
         if x.shape[2] < smallest or x.shape[3] < smallest:
             raise ValueError(

@@ -69,7 +69,7 @@ def _normalize_into(z: Tensor, x: Tensor, weight: Optional[Tensor], bias: Option
     anchor = x[:, :, :1, :1].to(z.dtype)
     torch.sub(x, anchor, out=z)
     var, mean_z = torch.var_mean(z, dim=(2, 3), unbiased=False)
-    rstd = torch.rsqrt(var + eps)
+    rstd = torch.where(var + eps > 0, torch.rsqrt(var + eps), 0.0)  # eps = 0, constant plane: 0, as ATen's
     scale = rstd if weight is None else rstd * weight.to(rstd.dtype)
     shift = -mean_z * scale if bias is None else bias.to(rstd.dtype) - mean_z * scale
     torch.addcmul(shift[:, :, None, None], z, scale[:, :, None, None], out=z)
@@ -336,6 +336,10 @@ def instance_norm(
                 f"got shape {tuple(residual.shape)}, {residual.dtype} on {residual.device}"
             )
     _check_affine(x, weight, bias)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
+        raise ValueError(f"eps must be a finite number >= 0 (added to each plane's variance), got {eps!r}")
+    if isinstance(pad, bool) or not isinstance(pad, int):
+        raise ValueError(f"pad must be an int (reflection padding in pixels), got {pad!r}")
     if not 0 <= pad < min(x.shape[2], x.shape[3]):
         raise ValueError(
             f"reflection padding needs 0 <= pad < H and W: got pad={pad} for H x W = {x.shape[2]}x{x.shape[3]}"

@@ -2,7 +2,7 @@
 
 Every (image n, channel c) plane of x (N, C, H, W) is normalized over its P = H * W positions:
 
-    mean = sum(x) / P        var = sum((x - mean)^2) / P        rstd = 1 / sqrt(var + eps)
+    mean = sum(x) / P        var = sum((x - mean)^2) / P        rstd = 1 / sqrt(var + eps)  (0 if var + eps == 0)
     xhat = (x - mean) * rstd        z = xhat * weight[c] + bias[c]      (AFFINE; else z = xhat)
     forward:   y  = act(z) + r                 act = relu or identity, r = residual or 0
     backward:  g  = dy * act'(z)               (act' = [z > 0] for relu, 1 otherwise)
@@ -223,7 +223,8 @@ def _in_fwd_apply_kernel(
     mean = tl.sum(part_count * part_mean, axis=0) / n_pos
     delta = tl.where(part_count > 0, part_mean - mean[None, :], 0.0)
     var = tl.sum(part_m2 + part_count * delta * delta, axis=0) / n_pos
-    rstd = 1.0 / tl.sqrt(var + eps)
+    # a constant plane with eps = 0 normalizes to 0 (rstd 0, not inf * 0 = NaN), as ATen's norms give
+    rstd = tl.where(var + eps > 0, 1.0 / tl.sqrt(var + eps), 0.0)
     gamma, beta = _affine(w_ptr, b_ptr, offs_c, n_channels, AFFINE)
     if s == 0:
         stats = n.to(tl.int64) * n_channels + offs_c

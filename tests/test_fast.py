@@ -148,6 +148,9 @@ def test_load_generator_fast(tmp_path):
         (torch.randn(3, 32, 32), r"\(N, 3, H, W\), got \(3, 32, 32\)"),
         (torch.randn(1, 4, 32, 32), r"\(N, 3, H, W\), got \(1, 4, 32, 32\)"),
         (torch.randn(1, 3, 4, 32), r"at least 5 .* got 4x32"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), r"floating-point image in \[-1, 1\] .* got torch.uint8"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.bool), r"got torch.bool"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.complex64), r"got torch.complex64"),
     ],
 )
 def test_bad_inputs_name_the_expected_shape(x, message):

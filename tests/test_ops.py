@@ -348,3 +348,36 @@ def test_cuda_kernels_match_reference(shape, dtype):
         reference_instance_norm(x64, r.cpu(), relu=True, pad=pad, weight=w, bias=b).backward(dy.cpu().double())
         settled = reference_instance_norm(x.detach().cpu(), weight=w, bias=b).abs() > 1e-3
         assert_close(x.grad.cpu()[settled], x64.grad[settled], dtype, f"cuda dx, pad {pad}")
+
+
+@pytest.mark.parametrize("path", ["0", "1"], ids=["pytorch", "triton"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_edge_cases_agree_on_both_paths(monkeypatch, path, channels_last):
+    """eps = 0 on a constant plane gives 0, as nn.InstanceNorm2d does (not NaN); no channels gives an empty
+    output of the padded shape."""
+    monkeypatch.setenv("TRITON_INTERPRET", path)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 3, 6, 5)
+    x[1, 2] = 7.0  # one constant plane
+    x = x.contiguous(memory_format=fmt)
+    y = ops.instance_norm(x, eps=0.0)
+    expected = torch.nn.InstanceNorm2d(3, eps=0.0)(x)
+    assert torch.isfinite(y).all() and (y[1, 2] == 0).all()
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+    empty = ops.instance_norm(torch.randn(2, 0, 6, 5).contiguous(memory_format=fmt), pad=1)
+    assert empty.shape == (2, 0, 8, 7)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"eps": -1e-5}, r"eps must be a finite number >= 0 .* got -1e-05"),
+        ({"eps": float("nan")}, r"eps must be a finite number >= 0 .* got nan"),
+        ({"eps": float("inf")}, r"eps must be a finite number"),
+        ({"pad": 2.7}, r"pad must be an int .* got 2.7"),
+        ({"pad": True}, r"pad must be an int"),
+    ],
+)
+def test_bad_eps_and_pad_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ops.instance_norm(torch.randn(1, 2, 8, 8), **kwargs)
