@@ -271,8 +271,16 @@ def _unet_state():
             lambda: {**Generator(1, ngf=8).state_dict(), "model.1.weight": torch.zeros(8, 3, 7, 7, dtype=torch.int64)},
             r"torch\.int64 tensor under 'model\.1\.weight'",
         ),  # fmt: skip
+        (
+            lambda: {**Generator(1, ngf=8).state_dict(), "model.1.weight": torch.zeros(8, 3, 7, 7, device="meta")},
+            r"holds a meta tensor under 'model\.1\.weight', not weights",
+        ),  # fmt: skip
+        (
+            lambda: {**Generator(1, ngf=8).state_dict(), "model.1.bias": torch.zeros(8).to_sparse()},
+            r"holds a torch\.sparse_coo tensor under 'model\.1\.bias', not weights",
+        ),  # fmt: skip
     ],
-    ids=["batch-norm", "discriminator", "unet", "upsample-decoder", "integer-key", "integer-weights"],
+    ids=["batch-norm", "discriminator", "unet", "upsample-decoder", "integer-key", "integer-weights", "meta", "sparse"],
 )
 def test_state_dict_refusals_say_why(state, reason):
     with pytest.raises(ValueError, match=reason) as info:
