@@ -32,24 +32,83 @@ def _report(args) -> int:
 
 
 def _translate(args) -> int:
-    from .translate import translate
+    from .distributed import Job, JobFailed
 
     try:
-        summary = translate(
-            args.checkpoint, args.input_dir, args.output_dir, size=args.size, batch_size=args.batch_size,
-            dtype=args.dtype, device=args.device, backend=args.backend, overwrite=args.overwrite,
-            workers=args.workers, progress=not args.quiet, key=args.key,
-        )  # fmt: skip
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        job = Job.from_env()
+    except JobFailed as err:
         print(f"fastcyclegan translate: {err}", file=sys.stderr)
         return 2
+    try:
+        return _translate_alone(args) if job is None else _translate_in_job(args, job)
     except KeyboardInterrupt:
         print("fastcyclegan translate: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
         return 130
+
+
+def _options(args) -> dict:
+    return dict(
+        size=args.size, batch_size=args.batch_size, dtype=args.dtype, device=args.device, backend=args.backend,
+        overwrite=args.overwrite, workers=args.workers, progress=not args.quiet, key=args.key,
+    )  # fmt: skip
+
+
+def _translate_alone(args) -> int:
+    from .translate import translate
+
+    try:
+        summary = translate(args.checkpoint, args.input_dir, args.output_dir, **_options(args))
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"fastcyclegan translate: {err}", file=sys.stderr)
+        return 2
     for path, why in summary.failed:
         print(f"failed {path}: {why}", file=sys.stderr)
     print(summary.line())
     return 1 if summary.failed else 0
+
+
+def _translate_in_job(args, job) -> int:
+    """One process of a torchrun job: its shard of the inputs; rank 0 prints the job's summary. Every
+    process exits with the job's status (0, 1 some inputs failed, 2 the job could not run)."""
+    from .distributed import JobFailed
+    from .translate import job_line, plan_translation, run_translation
+
+    try:
+        job.start(args.dist_timeout)
+    except (RuntimeError, ValueError) as err:
+        print(f"fastcyclegan translate: rank {job.rank} could not join the job: {err}", file=sys.stderr)
+        return 2
+    try:
+        plan, problem = None, None
+        options = _options(args) | dict(device=job.device(args.device), progress=not args.quiet and job.rank == 0)
+        try:
+            plan = plan_translation(args.checkpoint, args.input_dir, args.output_dir, shard=(job.rank, job.world_size),
+                                    **options)  # fmt: skip
+        except (FileNotFoundError, ValueError, RuntimeError) as err:
+            problem = str(err)
+        job.agree(problem)  # all start, or none does
+        try:
+            result = run_translation(plan)
+        except Exception as err:  # reported by rank 0, never left for the others to wait on
+            result = f"{type(err).__name__}: {err}"
+        summaries = job.gather(result)
+    except JobFailed as err:
+        if job.rank == 0 or "lost contact" in str(err):
+            print(f"fastcyclegan translate: the job failed: {err}", file=sys.stderr)
+        return 2
+    finally:
+        job.close()
+    broken = [f"rank {rank}: {s}" for rank, s in enumerate(summaries) if isinstance(s, str)]
+    if job.rank == 0:
+        for summary in summaries:
+            for path, why in [] if isinstance(summary, str) else summary.failed:
+                print(f"failed {path}: {why}", file=sys.stderr)
+        for line in broken:
+            print(f"fastcyclegan translate: {line}", file=sys.stderr)
+        print(job_line(summaries))
+    if broken:
+        return 2
+    return 1 if any(s.failed for s in summaries) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: skip them)")
     tr.add_argument("--workers", type=int, default=None, help="image decoding processes (default min(4, CPUs))")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.add_argument("--dist-timeout", type=float, default=600.0,
+                    help="under torchrun: seconds a process waits for the others at the start and the end "
+                         "before the job fails (default 600)")  # fmt: skip
     tr.set_defaults(func=_translate)
     return parser
 

@@ -117,6 +117,21 @@ class Summary:
                 f"bound by {self.bound_by} ({times})")  # fmt: skip
 
 
+def job_line(summaries: list[Summary]) -> str:
+    """One summary of a job's processes (a torchrun job): totals, img/s over the slowest process's time,
+    then each process's share and its bounding stage."""
+    images = sum(s.images for s in summaries)
+    seconds = max(s.seconds for s in summaries)
+    rate = images / seconds if seconds > 0 else 0.0
+    each = "; ".join(
+        f"{rank}: {s.images} in {s.seconds:.2f} s ({s.img_per_s:.1f} img/s, bound by {s.bound_by})"
+        for rank, s in enumerate(summaries)
+    )
+    return (f"translated {images} images in {seconds:.2f} s ({rate:.1f} img/s) with {len(summaries)} processes, "
+            f"skipped {sum(len(s.skipped) for s in summaries)} existing, "
+            f"failed {sum(len(s.failed) for s in summaries)}; per process {each}")  # fmt: skip
+
+
 # errors after which no further write can succeed: stop instead of failing every remaining image
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
@@ -160,7 +175,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def translate(
+@dataclass
+class Plan:
+    """A checked translation job: the model built, the inputs of this process listed, nothing written."""
+
+    run: object  # backends.Backend
+    device: torch.device
+    dtype: torch.dtype
+    size: int
+    batch_size: int
+    workers: int
+    progress: bool
+    todo: list[Path]
+    outputs: list[Path]
+    summary: Summary
+
+
+def plan_translation(
     checkpoint,
     input_dir,
     output_dir,
@@ -174,9 +205,12 @@ def translate(
     workers: int | None = None,
     progress: bool = True,
     key: str | None = None,
-) -> Summary:
-    """Translate every image under input_dir into output_dir; see the module docstring. Raises ValueError
-    (or FileNotFoundError) before any work for bad arguments; per-image failures are in the summary."""
+    shard: tuple[int, int] = (0, 1),
+) -> Plan:
+    """Everything that can fail before any work: arguments, output folder, input list, checkpoint, model.
+    Raises ValueError (FileNotFoundError when there is no input). `shard` = (k, n): this process takes the
+    k-th of n interleaved slices of the sorted input list (every n-th image from the k-th), so n processes
+    cover each input exactly once, and a rerun with any n skips what exists."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise ValueError(f"input folder '{input_dir}' does not exist or is not a folder")
@@ -193,30 +227,44 @@ def translate(
     if not images:
         raise FileNotFoundError(f"no PNG or JPEG images under '{input_dir}'")
     generator = load_generator(checkpoint, key=key)  # ValueError naming the file when it does not fit
-    if generator.checkpoint_key is not None:
+    if generator.checkpoint_key is not None and shard[0] == 0:
         print(f"using the state dict under '{generator.checkpoint_key}' of '{checkpoint}'", file=sys.stderr)
     summary = Summary()
-    todo, outputs, taken = [], {}, set()
-    for path in images:
+    todo, outputs, taken = [], [], set()
+    for k, path in enumerate(images):
         out = output_dir / path.relative_to(input_dir).with_suffix(".png")
+        mine = k % shard[1] == shard[0]
         if out in taken:
-            summary.failed.append((path, f"output name {out} is taken by another input"))
-        elif out.exists() and not overwrite:
+            if mine:
+                summary.failed.append((path, f"output name {out} is taken by another input"))
+        elif mine and out.exists() and not overwrite:
             summary.skipped.append((path, "output exists (use --overwrite)"))
-        else:
-            outputs[len(todo)] = out
+        elif mine:
+            outputs.append(out)
             todo.append(path)
         taken.add(out)
     run = build_backend(backend, generator, device=target, dtype=DTYPES[dtype_name],
                         example=torch.zeros(batch_size, 3, size, size))  # fmt: skip
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    return Plan(run, target, DTYPES[dtype_name], size, batch_size, workers, progress, todo, outputs, summary)
+
+
+def translate(checkpoint, input_dir, output_dir, **options) -> Summary:
+    """Translate every image under input_dir into output_dir (see the module docstring and
+    `plan_translation` for the options); per-image failures are in the summary, not raised."""
+    return run_translation(plan_translation(checkpoint, input_dir, output_dir, **options))
+
+
+def run_translation(plan: Plan) -> Summary:
+    """Decode, compute and write every input of the plan; returns its summary."""
+    run, todo, outputs, summary, batch_size = plan.run, plan.todo, plan.outputs, plan.summary, plan.batch_size
     loader = torch.utils.data.DataLoader(
-        _Images(todo, size), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-        pin_memory=target.type == "cuda",
+        _Images(todo, plan.size), batch_size=batch_size, num_workers=plan.workers, collate_fn=_collate,
+        pin_memory=plan.device.type == "cuda",
     )  # fmt: skip
     n_writers = max(2, min(8, os.cpu_count() or 1))
     most_waiting = max(2 * batch_size, 4 * n_writers)  # decoded outputs held for the writers, at most
-    bar = _progress(len(todo), progress)
+    bar = _progress(len(todo), plan.progress)
     done, stopped = set(), None
     start = time.perf_counter()
 
@@ -249,7 +297,7 @@ def translate(
                 n = len(indices)
                 if run.compile_mode and n < batch_size:  # a compiled graph keeps one batch shape
                     batch = torch.cat([batch, batch[-1:].expand(batch_size - n, -1, -1, -1)])
-                x = run.prepare(batch.to(target, DTYPES[dtype_name], non_blocking=True))
+                x = run.prepare(batch.to(plan.device, plan.dtype, non_blocking=True))
                 pixels = to_uint8(run.run(x)[:n])  # .cpu(): waits for the device
                 waiting += [(writer.submit(_write_png, pixels[k], outputs[i]), i) for k, i in enumerate(indices)]
             t2 = time.perf_counter()

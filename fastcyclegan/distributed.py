@@ -1,0 +1,80 @@
+"""A job of several processes started by torchrun: its process group, its agreement to start, its summary.
+
+torchrun (`python -m torch.distributed.run`) sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT
+for every process it starts; `Job.from_env()` reads them (None without torchrun: nothing changes then).
+Only small Python objects cross between processes (whether each could start, each one's summary): the
+process group is gloo on the CPU and "cpu:gloo,cuda:nccl" with CUDA, so those objects travel over gloo
+and every collective has the group's timeout: no process waits forever for one that died.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+class JobFailed(RuntimeError):
+    """Another process of the job (or this one) could not start or finish; the message says which and why."""
+
+
+@dataclass
+class Job:
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @classmethod
+    def from_env(cls) -> Job | None:
+        """The job torchrun started this process in, or None when it was not started by torchrun."""
+        if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+            return None
+        try:
+            job = cls(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"]))
+        except ValueError:
+            raise JobFailed(
+                f"torchrun environment is malformed: RANK={os.environ.get('RANK')!r}, "
+                f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}; expected integers"
+            ) from None
+        if not 0 <= job.rank < job.world_size:
+            raise JobFailed(f"RANK {job.rank} is outside WORLD_SIZE {job.world_size}")
+        return job
+
+    def device(self, name: str) -> str:
+        """The device this process runs on: `auto` and `cuda` become cuda:LOCAL_RANK (one GPU per process)
+        when CUDA is there; an explicit cuda:N or cpu is kept."""
+        if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+            return f"cuda:{self.local_rank}"
+        return name
+
+    def start(self, timeout_s: float) -> None:
+        """Joins the process group (the rendezvous torchrun set up); every collective after this gives up
+        after timeout_s seconds."""
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.local_rank)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+
+    def agree(self, problem: str | None) -> None:
+        """Every process says whether it can go on (problem None) or why not; raises JobFailed on every
+        process, naming each failed rank and its reason, if any cannot."""
+        problems = self.gather(problem)
+        failed = [f"rank {rank}: {why}" for rank, why in enumerate(problems) if why is not None]
+        if failed:
+            raise JobFailed("; ".join(failed))
+
+    def gather(self, value) -> list:
+        """value from every process, in rank order, on every process."""
+        values = [None] * self.world_size
+        try:
+            dist.all_gather_object(values, value)
+        except RuntimeError as err:  # a timeout or a process that died: the group is gone
+            raise JobFailed(f"lost contact with the other processes ({str(err).splitlines()[0]})") from None
+        return values
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()

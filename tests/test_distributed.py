@@ -1,0 +1,123 @@
+"""`fastcyclegan translate` under torchrun with 2 CPU processes (gloo): every input once, the pixels of one
+process, one summary, resume after a change or a killed process, and a job that cannot start fails fast."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastcyclegan import Generator
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
+
+
+def _env():
+    # torchrun gives each process one thread (OMP_NUM_THREADS=1); the single-process reference runs the same,
+    # so float sums happen in the same order and the pixels are identical
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TRITON_INTERPRET"))}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _torchrun(*args, timeout=180):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "fastcyclegan", "translate", *map(str, args), "--quiet"]  # fmt: skip
+    return subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+
+
+def _finish(process, timeout=180):
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+def _pngs(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): np.asarray(Image.open(p)) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """23 images in a nested folder and a small generator checkpoint."""
+    root = tmp_path_factory.mktemp("job")
+    rng = np.random.default_rng(1)
+    for k in range(23):
+        folder = root / "in" / ["", "a", "a/b"][k % 3]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (30 + k, 40, 3), dtype=np.uint8)).save(folder / f"{k:02d}.png")
+    torch.manual_seed(0)
+    torch.save(Generator(2, ngf=8).state_dict(), root / "g.pth")
+    return root
+
+
+def test_two_processes_translate_each_input_once_with_one_summary(job):
+    code, out, err = _finish(_torchrun(job / "g.pth", job / "in", job / "out", "--size", "32"))
+    assert code == 0, err[-3000:]
+    lines = [line for line in out.splitlines() if line.startswith("translated")]
+    assert len(lines) == 1 and lines[0].startswith("translated 23 images in") and "with 2 processes" in lines[0]
+    assert re.search(r"per process 0: 12 in .*; 1: 11 in ", lines[0])
+    command = [sys.executable, "-m", "fastcyclegan", "translate", job / "g.pth", job / "in", job / "single"]
+    single = subprocess.run([*command, "--size", "32", "--quiet"], env=_env(), capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    ours, reference = _pngs(job / "out"), _pngs(job / "single")
+    assert len(ours) == 23 and list(ours) == list(reference)
+    assert all((ours[name] == reference[name]).all() for name in ours)
+    code, out, err = _finish(_torchrun(job / "g.pth", job / "in", job / "out", "--size", "32"))
+    assert code == 0 and "translated 0 images" in out and "skipped 23 existing, failed 0" in out, err[-3000:]
+
+
+def test_a_bad_checkpoint_fails_the_job_quickly_naming_it(job, tmp_path):
+    bad = tmp_path / "latest_net_D.pth"
+    torch.save({"model.0.weight": torch.zeros(1)}, bad)
+    start = time.monotonic()
+    code, out, err = _finish(_torchrun(bad, job / "in", tmp_path / "out", "--size", "32"))
+    assert code != 0 and time.monotonic() - start < 180
+    assert "the job failed: rank 0: checkpoint" in err and "latest_net_D.pth" in err and "rank 1:" in err
+    assert "fastcyclegan/" not in err and "translated" not in out  # no traceback of ours (torchrun adds its own report)
+    assert err.count("the job failed") == 1
+
+
+def _rank_process(launcher: int, local_rank: int) -> int | None:
+    """The pid of the worker torchrun started with LOCAL_RANK=local_rank (a child of the launcher)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher and f"LOCAL_RANK={local_rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker process through /proc")
+def test_a_killed_process_fails_the_job_and_a_rerun_completes_the_set(job, tmp_path):
+    torch.manual_seed(0)
+    torch.save(Generator(6, ngf=32).state_dict(), tmp_path / "slow.pth")  # ~0.1 s an image on one thread
+    out = tmp_path / "out"
+    launcher = _torchrun(tmp_path / "slow.pth", job / "in", out, "--size", "96", "--batch-size", "1")
+    deadline, victim = time.monotonic() + 120, None
+    while time.monotonic() < deadline and not (out.exists() and any(out.rglob("*.png"))):
+        time.sleep(0.02)
+    victim = _rank_process(launcher.pid, 1)
+    assert victim is not None, "rank 1 not found"
+    os.kill(victim, signal.SIGKILL)
+    code, _, err = _finish(launcher)
+    assert code != 0, err[-2000:]
+    partial = _pngs(out)
+    assert 0 < len(partial) < 23  # the kill landed mid-run
+    code, stdout, err = _finish(_torchrun(tmp_path / "slow.pth", job / "in", out, "--size", "96"))
+    assert code == 0, err[-3000:]
+    assert f"translated {23 - len(partial)} images" in stdout and f"skipped {len(partial)} existing" in stdout
+    complete = _pngs(out)
+    assert len(complete) == 23 and all(a.shape == (96, 96, 3) for a in complete.values())
+    assert not [p for p in out.rglob(".*") if p.is_file()]  # no temporaries left behind
