@@ -251,20 +251,50 @@ def test_csv_dash_is_standard_output(suite_json, tmp_path, capsys, monkeypatch):
     assert out.startswith(",".join(CSV_COLUMNS)) and not (tmp_path / "-").exists()
 
 
+def _bench_matrix(**options):
+    """bench/fcg_matrix.matrix() on a stand-in for pytest's config with these options (defaults otherwise)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fcg_matrix", ROOT / "bench" / "fcg_matrix.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    values = {"--fcg-device": "cpu", "--fcg-backends": None, "--fcg-sizes": None, "--fcg-batches": None,
+              "--fcg-dtypes": None, "--fcg-kernel-shapes": None, "--fcg-rounds": None, "--fcg-ngf": 64,
+              "--fcg-smoke": False, "--fcg-norms": "plain", **options}  # fmt: skip
+
+    class Config:
+        def getoption(self, name):
+            return values[name]
+
+    return module.matrix(Config())
+
+
 @pytest.mark.parametrize(
     "option, message",
     [
-        (["--fcg-batches", "0"], "--fcg-batches: expected a comma list of positive integers, got '0'"),
-        (["--fcg-dtypes", ""], "--fcg-dtypes: expected a comma list out of fp32, fp16, bf16; got nothing"),
-        (["--fcg-device", "cuda"], "--fcg-device cuda: this machine has no CUDA device"),
-        (["--fcg-norms", "batch"], "--fcg-norms: expected a comma list out of plain, affine; got unknown ['batch']"),
-        (["--fcg-kernel-shapes", "1,2,3"], "--fcg-kernel-shapes: expected 'N,C,H,W;N,C,H,W', got '1,2,3'"),
+        ({"--fcg-batches": "0"}, "--fcg-batches: expected a comma list of positive integers, got '0'"),
+        ({"--fcg-sizes": "big"}, "--fcg-sizes: expected a comma list of positive integers, got 'big'"),
+        ({"--fcg-dtypes": ""}, "--fcg-dtypes: expected a comma list out of fp32, fp16, bf16; got nothing in ''"),
+        ({"--fcg-norms": "batch"}, "--fcg-norms: expected a comma list out of plain, affine; got unknown ['batch']"),
+        ({"--fcg-backends": "fastest"}, "--fcg-backends: expected a comma list out of eager,"),
+        ({"--fcg-kernel-shapes": "1,2,3"}, "--fcg-kernel-shapes: expected 'N,C,H,W;N,C,H,W', got '1,2,3'"),
+        ({"--fcg-rounds": 0}, "--fcg-rounds: expected a positive integer, got 0"),
+        ({"--fcg-device": "tpu"}, "--fcg-device: expected cuda, cuda:N or cpu, got 'tpu'"),
     ],
 )
-def test_bench_options_are_checked_before_anything_runs(option, message):
-    if "cuda" in option and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA: --fcg-device cuda is valid here")
+def test_bench_options_say_what_was_expected(option, message):
+    with pytest.raises(pytest.UsageError) as info:
+        _bench_matrix(**option)
+    assert message in str(info.value)
+
+
+def test_bench_options_are_usage_errors_before_anything_runs():
+    """One line and pytest's usage exit status (4), before collection; and CUDA asked for on a CPU machine."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    device = [] if torch.cuda.is_available() else ["--fcg-device", "cuda"]
     done = subprocess.run([sys.executable, "-m", "pytest", "bench", "--collect-only", "-q", "-p", "no:cacheprovider",
-                           *option], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 4 and message in done.stderr + done.stdout, done.stderr[-2000:]
+                           "--fcg-batches", "1,0", *device], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    message = "--fcg-device cuda: this machine has no CUDA device" if device else "--fcg-batches: expected"
+    assert done.returncode == 4 and message in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr + done.stdout
