@@ -49,7 +49,7 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
     if name in ("tensorrt", "compiled_max_autotune") and device.type != "cuda":
         return f"{name} requires CUDA"
     if name == "tensorrt" and importlib.util.find_spec("torch_tensorrt") is None:
-        return "torch-tensorrt not installed"
+        return "torch-tensorrt not installed (install the release matching your torch: see the README)"
     return None
 
 
