@@ -8,6 +8,7 @@ bf16 and fp32, every available backend); on a CPU a small matrix that finishes i
 from __future__ import annotations
 
 import pytest
+import torch
 from fcg_matrix import bench_device, matrix
 
 from fastcyclegan.backends import DEFAULT_BACKENDS
@@ -32,6 +33,12 @@ def pytest_addoption(parser):
     group.addoption("--fcg-rounds", type=int, default=None, help="timed rounds per case (CUDA: 30; CPU: 5)")
     group.addoption("--fcg-norms", default="plain",
                     help="comma list out of plain (the paper's norm) and affine (learned scale and shift)")  # fmt: skip
+    group.addoption("--fcg-mode", default="infer",
+                    help="comma list out of infer (forward, img/s) and train (one generator step: forward, "
+                         "backward, Adam; batches 1,4 on CUDA, 1 on a CPU unless --fcg-batches)")  # fmt: skip
+    group.addoption("--fcg-cudnn-benchmark", default="on", choices=["on", "off"],
+                    help="torch.backends.cudnn.benchmark for every backend alike on CUDA (default on; recorded "
+                         "in each result)")  # fmt: skip
     group.addoption("--fcg-ngf", type=int, default=64, help="generator width (64 in the paper)")
     group.addoption("--fcg-smoke", action="store_true", help="tiny matrix (32x32, ngf 8, batch 1, fp32) for CI")
 
@@ -51,6 +58,7 @@ def device_info(fcg):
     device = fcg["device"]
     facts = dict(device_facts(device))
     facts.update(ceilings(device))
+    facts["cudnn_benchmark"] = fcg["cudnn_benchmark"] if device.type == "cuda" else None  # no cuDNN on a CPU
     return facts
 
 
@@ -59,6 +67,16 @@ def _honest_fp32():
     """fp32 means fp32: TF32 off for the whole run (the parity rule's fp32 reference needs it too)."""
     with tf32_off():
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cudnn_benchmark(fcg):
+    """cuDNN's autotuner as --fcg-cudnn-benchmark says, the same for every backend, restored after the run
+    (the benchmark sets it; FastGenerator itself never flips global flags)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = fcg["cudnn_benchmark"]
+    yield
+    torch.backends.cudnn.benchmark = before
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

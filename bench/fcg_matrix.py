@@ -33,6 +33,7 @@ def _shapes(text: str) -> list[tuple[int, ...]]:
 
 
 NORMS = ("plain", "affine")
+MODES = ("infer", "train")
 
 
 def bench_device(config) -> torch.device:
@@ -90,9 +91,12 @@ def matrix(config) -> dict:
         "backends": _choices("--fcg-backends", backends, BACKENDS) if backends is not None else list(DEFAULT_BACKENDS),
         "sizes": _positive_ints("--fcg-sizes", pick("--fcg-sizes", "256", "128,256", "32")),
         "batches": _positive_ints("--fcg-batches", pick("--fcg-batches", "1,16", "1,8", "1")),
+        "train_batches": _positive_ints("--fcg-batches", pick("--fcg-batches", "1,4", "1", "1")),
+        "modes": _choices("--fcg-mode", config.getoption("--fcg-mode"), MODES),
         "dtypes": _choices("--fcg-dtypes", pick("--fcg-dtypes", "bf16,fp32", "fp32,bf16", "fp32"), DTYPES),
         "norms": _choices("--fcg-norms", config.getoption("--fcg-norms"), NORMS),
         "rounds": rounds,
+        "cudnn_benchmark": config.getoption("--fcg-cudnn-benchmark") == "on",
         "kernel_shapes": _shapes(pick("--fcg-kernel-shapes", _CUDA_KERNEL_SHAPES, "2,64,32,32", "1,8,8,8")),
         "ngf": 8 if smoke and config.getoption("--fcg-ngf") == 64 else config.getoption("--fcg-ngf"),
     }

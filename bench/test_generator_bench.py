@@ -8,14 +8,15 @@ calls on the first seed's input.
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
 
 import pytest
 import torch
 from fcg_matrix import blocks_for, matrix
+from fcg_models import reference
 
-from fastcyclegan import Generator
 from fastcyclegan.backends import DTYPES, build_backend, unavailable_reason
 from fastcyclegan.measure import GENERATOR_SUITE, PARITY_SEEDS, generator_gflop, parity, synchronize
 
@@ -26,44 +27,34 @@ def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
     m = matrix(metafunc.config)
-    cases = [
-        pytest.param((backend, size, batch, dtype, norm), id=f"{backend}-{size}px-b{batch}-{dtype}-{norm}")
-        for norm in m["norms"]
-        for dtype in m["dtypes"]
-        for size in m["sizes"]
-        for batch in m["batches"]
-        for backend in m["backends"]
-    ]
+    cases = (
+        []
+        if "infer" not in m["modes"]
+        else [
+            pytest.param((backend, size, batch, dtype, norm), id=f"{backend}-{size}px-b{batch}-{dtype}-{norm}")
+            for norm in m["norms"]
+            for dtype in m["dtypes"]
+            for size in m["sizes"]
+            for batch in m["batches"]
+            for backend in m["backends"]
+        ]
+    )
     metafunc.parametrize("case", cases)
-
-
-@functools.lru_cache(maxsize=4)
-def _reference(size: int, ngf: int, norm: str) -> Generator:
-    """The seeded reference; with affine norms, learned-looking scales in [0.7, 1.8] and shifts of std 0.3
-    (a trained third-party generator's range), not the identity that construction gives."""
-    torch.manual_seed(0)
-    model = Generator(blocks_for(size), ngf=ngf, affine=norm == "affine").eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.InstanceNorm2d) and module.affine:
-                module.weight.uniform_(0.7, 1.8)
-                module.bias.normal_(0.0, 0.3)
-    return model
 
 
 @functools.lru_cache(maxsize=2)
 def _expected(size: int, batch: int, dtype_name: str, ngf: int, norm: str, device: torch.device):
     """(inputs, float64 outputs, outputs of the eager reference in `dtype`), one per parity seed, computed once."""
     inputs, expected, same_dtype = [], [], []
-    reference = _reference(size, ngf, norm)
+    model64 = copy.deepcopy(reference(size, ngf, norm)).to(device=device, dtype=torch.float64)
+    model = copy.deepcopy(reference(size, ngf, norm)).to(device=device, dtype=DTYPES[dtype_name])
     for seed in range(1, PARITY_SEEDS + 1):
         torch.manual_seed(seed)
         x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
         with torch.no_grad():
-            expected.append(reference.to(device=device, dtype=torch.float64)(x.double()))
-            same_dtype.append(reference.to(dtype=DTYPES[dtype_name])(x.to(DTYPES[dtype_name])))
+            expected.append(model64(x.double()))
+            same_dtype.append(model(x.to(DTYPES[dtype_name])))
         inputs.append(x)
-    reference.to(device="cpu", dtype=torch.float32)
     return inputs, expected, same_dtype
 
 
@@ -75,8 +66,7 @@ def test_generator(benchmark, case, fcg, device_info):
         pytest.skip(reason)
     inputs, expected, same_dtype = _expected(size, batch, dtype_name, ngf, norm, device)
     torch._dynamo.reset()
-    reference = _reference(size, ngf, norm)
-    backend = build_backend(backend_name, reference, device=device, dtype=dtype, example=inputs[0])
+    backend = build_backend(backend_name, reference(size, ngf, norm), device=device, dtype=dtype, example=inputs[0])
     prepared = [backend.prepare(x.to(dtype)) for x in inputs]
     inp = prepared[0]
 
@@ -108,6 +98,7 @@ def test_generator(benchmark, case, fcg, device_info):
         "batch": batch,
         "dtype": dtype_name,
         "norm": norm,
+        "mode": "infer",
         "compile_mode": backend.compile_mode,
         "compile_s": round(compile_s, 3),
         "parity_err": check.error,

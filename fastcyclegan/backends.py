@@ -42,10 +42,12 @@ def compile_mode(device: torch.device) -> str:
     return "reduce-overhead" if device.type == "cuda" else "default"
 
 
-def unavailable_reason(name: str, device: torch.device) -> str | None:
-    """Why `name` cannot run on `device` here, or None when it can."""
+def unavailable_reason(name: str, device: torch.device, training: bool = False) -> str | None:
+    """Why `name` cannot run on `device` here (for training steps when `training`), or None when it can."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    if training and name == "tensorrt":
+        return "tensorrt compiles an inference engine: no training step"
     if name in ("tensorrt", "compiled_max_autotune") and device.type != "cuda":
         return f"{name} requires CUDA"
     if name == "tensorrt" and importlib.util.find_spec("torch_tensorrt") is None:
@@ -64,16 +66,28 @@ def _tensorrt(module: nn.Module, example: Tensor, dtype: torch.dtype):
 
 
 def build_backend(
-    name: str, reference: Generator, *, device: torch.device, dtype: torch.dtype, example: Tensor | None = None
+    name: str,
+    reference: Generator,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    example: Tensor | None = None,
+    training: bool = False,
 ) -> Backend:
-    """Backend `name` holding a copy of `reference`'s weights on `device` in `dtype`, in eval mode.
+    """Backend `name` holding a copy of `reference`'s weights on `device` in `dtype`, in eval mode (train
+    mode when `training`: compiled without CUDA graphs, since an optimizer changes the weights between calls).
 
     `example` (an input of the benchmark's shape) is needed by tensorrt only, which compiles ahead of time.
     """
-    reason = unavailable_reason(name, device)
+    reason = unavailable_reason(name, device, training)
     if reason:
         raise RuntimeError(f"backend {name} is unavailable: {reason}")
-    mode = compile_mode(device)
+    backend = _build(name, reference, device, dtype, example, "default" if training else compile_mode(device))
+    backend.module.train(training)
+    return backend
+
+
+def _build(name, reference, device, dtype, example, mode) -> Backend:
     if name.startswith("fast"):
         fast = FastGenerator.from_module(reference).to(device=device, dtype=dtype).eval()
         if name == "fast_compiled":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def _report(args) -> int:
     return 0
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _translate(args) -> int:
     from .distributed import Job, JobFailed
 
@@ -39,6 +44,9 @@ def _translate(args) -> int:
     except JobFailed as err:
         print(f"fastcyclegan translate: {err}", file=sys.stderr)
         return 2
+    # SIGTERM (torchrun stopping a job, a scheduler's preemption) unwinds like Ctrl-C: writes in progress
+    # finish or remove their temporaries, finished outputs stay
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _translate_alone(args) if job is None else _translate_in_job(args, job)
     except KeyboardInterrupt:

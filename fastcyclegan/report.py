@@ -18,10 +18,11 @@ import pandas as pd
 
 from .measure import GENERATOR_SUITE, KERNEL_SUITE
 
-KEY = ["machine", "device", "size", "batch", "dtype", "norm"]
+KEY = ["machine", "device", "mode", "size", "batch", "dtype", "norm"]
 CSV_COLUMNS = KEY[:2] + ["backend"] + KEY[2:] + [
     "img_per_s", "ms_per_batch", "compile_s", "parity_err", "speedup_vs_eager",
-    "num_blocks", "ngf", "compile_mode", "parity_ref_err", "peak_mem_mb", "tflop_s", "compute_fraction",
+    "num_blocks", "ngf", "compile_mode", "cudnn_benchmark", "parity_ref_err", "peak_mem_mb", "tflop_s",
+    "compute_fraction",
     "copy_gb_s", "matmul_bf16_tflop_s", "matmul_fp32_tflop_s",
     "torch", "triton", "cuda", "driver", "datetime", "source",
 ]  # fmt: skip
@@ -110,9 +111,11 @@ def read_results(paths) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
             if why:
                 problems.append(f"{path}: result {str(bench.get('name'))[:80]!r} skipped: {why}")
                 continue
-            norm = info.get("norm") if isinstance(info.get("norm"), str) else "plain"  # files before --fcg-norms
-            rows[info["suite"]].append({**info, "norm": norm, "machine": machine, "datetime": data.get("datetime"),
-                                        "source": str(path)})  # fmt: skip
+            # files from before --fcg-norms / --fcg-mode: the paper's norm, inference
+            norm = info.get("norm") if isinstance(info.get("norm"), str) else "plain"
+            mode = info.get("mode") if isinstance(info.get("mode"), str) else "infer"
+            rows[info["suite"]].append({**info, "norm": norm, "mode": mode, "machine": machine,
+                                        "datetime": data.get("datetime"), "source": str(path)})  # fmt: skip
         if not found:
             problems.append(f"{path}: holds no fastcyclegan benchmark results (a file from another suite?)")
     return pd.DataFrame(rows[GENERATOR_SUITE]), pd.DataFrame(rows[KERNEL_SUITE]), problems
@@ -173,12 +176,14 @@ def _device_labels(df: pd.DataFrame) -> dict:
 
 
 def to_markdown(gen: pd.DataFrame, kernel: pd.DataFrame | None = None) -> str:
-    """One row per (machine, device, size, batch, dtype, norm), one column per backend: img/s and speedup
-    against eager. The machine is named only when there are several; the norm only when one is affine."""
+    """One row per (machine, device, mode, size, batch, dtype, norm), one column per backend: img/s (a
+    training step's images per second in train mode) and speedup against eager. The machine is named only
+    when there are several, the mode only when one is train, the norm only when one is affine."""
     parts = []
     if not gen.empty:
         backends = _backend_order(gen.backend.unique())
         labels, with_norm = _device_labels(gen), bool((gen.norm != "plain").any())
+        with_mode = bool((gen["mode"] != "infer").any())
         rows = []
         for key, group in gen.groupby(KEY, sort=True):
             by_backend = group.set_index("backend")
@@ -190,11 +195,13 @@ def to_markdown(gen: pd.DataFrame, kernel: pd.DataFrame | None = None) -> str:
                 r = by_backend.loc[b]
                 speed = f" ({r.speedup_vs_eager:.2f}x)" if pd.notna(r.speedup_vs_eager) else ""
                 cells.append(f"{r.img_per_s:,.1f}{speed}")
-            machine, device, size, batch, dtype, norm = key
-            row = [labels[machine, device], f"{size}x{size}", str(batch), str(dtype)] + ([norm] if with_norm else [])
+            machine, device, mode, size, batch, dtype, norm = key
+            row = [labels[machine, device]] + ([mode] if with_mode else []) + [f"{size}x{size}", str(batch), str(dtype)]
+            row += [norm] if with_norm else []
             rows.append(row + cells)
         parts.append("Images per second (speedup against eager at the same device, size, batch and dtype):\n")
-        header = ["device", "size", "batch", "dtype"] + (["norm"] if with_norm else [])
+        header = ["device"] + (["mode"] if with_mode else []) + ["size", "batch", "dtype"]
+        header += ["norm"] if with_norm else []
         parts.append(_markdown_grid(header + backends, rows))
         parts.append("\n" + "\n".join(_provenance(gen)))
     if kernel is not None and not kernel.empty:
@@ -267,7 +274,8 @@ def plot(gen: pd.DataFrame, path) -> None:
                          padding=1)  # fmt: skip
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         ticks = [f"{size}x{size}, batch {batch}, {dtype}" + (f", {norm}" if norm != "plain" else "")
-                 for size, batch, dtype, norm in table.index]  # fmt: skip
+                 + (", train step" if mode == "train" else "")
+                 for mode, size, batch, dtype, norm in table.index]  # fmt: skip
         ax.set_xticks(list(positions), ticks)
         ax.set_ylabel("speedup vs eager (x)")
         ax.set_ylim(0, max(1.2, float(table.max().max()) * 1.18))

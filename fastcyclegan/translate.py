@@ -150,6 +150,26 @@ def _write_png(array, out: Path) -> None:
         raise
 
 
+def remove_stale_temporaries(outputs: list[Path]) -> int:
+    """Removes the temporaries that a killed run (SIGKILL, power loss) left beside these outputs, the ones
+    this process is about to write; returns how many. Temporaries of other outputs are left alone."""
+    wanted: dict[Path, set[str]] = collections.defaultdict(set)
+    for out in outputs:
+        wanted[out.parent].add(out.name)
+    removed = 0
+    for folder, names in wanted.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # not created yet: nothing stale in it
+            continue
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") and name.endswith(".partial") and name[1:].rsplit(".", 2)[0] in names:
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def check_output_dir(input_dir: Path, output_dir: Path, overwrite: bool) -> None:
     """Before the model is loaded: the output folder can be created and written, and is not the input."""
     if output_dir.exists() and not output_dir.is_dir():
@@ -243,6 +263,7 @@ def plan_translation(
             outputs.append(out)
             todo.append(path)
         taken.add(out)
+    remove_stale_temporaries(outputs)
     run = build_backend(backend, generator, device=target, dtype=DTYPES[dtype_name],
                         example=torch.zeros(batch_size, 3, size, size))  # fmt: skip
     workers = min(4, os.cpu_count() or 1) if workers is None else workers

@@ -90,6 +90,7 @@ def test_csv_from_the_suite_has_the_promised_columns(suite_json, tmp_path):
     fast = df[df.norm == "affine"].set_index("backend").loc["fast"]
     assert fast.speedup_vs_eager == pytest.approx(fast.img_per_s / eager.img_per_s)
     assert df.parity_err.notna().all() and df.device.str.startswith("CPU").all()
+    assert df.cudnn_benchmark.isna().all()  # recorded per row; no cuDNN on a CPU
     assert "| device | size | batch | dtype | norm | eager | eager_cl | fast |" in text and md.read_text() == text
     assert "IN+ReLU GB/s" in text and (tmp_path / "out.kernels.csv").exists()
     assert png.read_bytes()[:4] == b"\x89PNG"
@@ -260,7 +261,8 @@ def _bench_matrix(**options):
     spec.loader.exec_module(module)
     values = {"--fcg-device": "cpu", "--fcg-backends": None, "--fcg-sizes": None, "--fcg-batches": None,
               "--fcg-dtypes": None, "--fcg-kernel-shapes": None, "--fcg-rounds": None, "--fcg-ngf": 64,
-              "--fcg-smoke": False, "--fcg-norms": "plain", **options}  # fmt: skip
+              "--fcg-smoke": False, "--fcg-norms": "plain", "--fcg-cudnn-benchmark": "on",
+              "--fcg-mode": "infer", **options}  # fmt: skip
 
     class Config:
         def getoption(self, name):

@@ -236,3 +236,12 @@ def test_ctrl_c_is_one_line(tmp_path, checkpoint, images, monkeypatch, capsys):
     monkeypatch.setattr(module, "translate", interrupted)
     assert main(["translate", str(checkpoint[0]), str(images), str(tmp_path / "out"), "--quiet"]) == 130
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_a_killed_runs_temporaries_of_this_runs_outputs_are_removed(tmp_path):
+    from fastcyclegan.translate import remove_stale_temporaries
+
+    for name in (".a.png.k3j_x9a1.partial", ".b.png.q8w2e7r1.partial", ".a.png", "a.png.partial"):
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_stale_temporaries([tmp_path / "a.png", tmp_path / "missing" / "c.png"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.png", ".b.png.q8w2e7r1.partial", "a.png.partial"]

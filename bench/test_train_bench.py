@@ -1,0 +1,134 @@
+"""One generator training step of every backend (`--fcg-mode train`): gradient parity first, then steps/s.
+
+A step is what CycleGAN's generator update costs on its own: zero the gradients, forward, an L1 loss against
+a target image (the cycle loss's form), backward, Adam (the paper's lr 2e-4, betas (0.5, 0.999)). Weights
+stay fp32; bf16 means the forward and backward under bf16 autocast, as mixed-precision training runs.
+Before it is timed, each backend's weight gradients on several seeds' inputs are held to the parity rule
+against the float64 reference's (`fastcyclegan.measure.parity`, the same rule as the forward); a conv bias
+that FastGenerator leaves out (the norm after it removes it) counts with gradient 0, as it is in exact
+arithmetic. Results: ms per step and images per second, with `mode` = train in the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+
+import pytest
+import torch
+from fcg_matrix import blocks_for, matrix
+from fcg_models import reference
+
+from fastcyclegan.backends import DTYPES, build_backend, unavailable_reason
+from fastcyclegan.measure import GENERATOR_SUITE, PARITY_SEEDS, generator_gflop, parity, synchronize
+
+WARMUP_STEPS = 2
+TRAIN_BACKENDS = ("eager", "compiled", "fast", "fast_compiled")
+
+
+def pytest_generate_tests(metafunc):
+    if "train_case" not in metafunc.fixturenames:
+        return
+    m = matrix(metafunc.config)
+    backends = [b for b in m["backends"] if b in TRAIN_BACKENDS]
+    cases = [] if "train" not in m["modes"] else [
+        pytest.param((backend, size, batch, dtype, norm), id=f"train-{backend}-{size}px-b{batch}-{dtype}-{norm}")
+        for norm in m["norms"]
+        for dtype in m["dtypes"]
+        for size in m["sizes"]
+        for batch in m["train_batches"]
+        for backend in backends
+    ]  # fmt: skip
+    metafunc.parametrize("train_case", cases)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (out.to(target.dtype) - target).abs().mean()
+
+
+def _gradients(module, run, x, target, device, dtype) -> torch.Tensor:
+    """All weight gradients of one forward and backward, flattened in parameter order (None counts as 0)."""
+    module.zero_grad(set_to_none=True)
+    with _autocast(device, dtype):
+        out = run(x)
+    _loss(out, target).backward()
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in module.parameters()]
+    return torch.cat([g.detach().double().flatten() for g in grads])
+
+
+def _inputs(size, batch, device, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+    target = torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+    return x.to(device), target.to(device)
+
+
+def test_train_step(benchmark, train_case, fcg, device_info):
+    backend_name, size, batch, dtype_name, norm = train_case
+    device, dtype, ngf = fcg["device"], DTYPES[dtype_name], fcg["ngf"]
+    reason = unavailable_reason(backend_name, device, training=True)
+    if reason:
+        pytest.skip(reason)
+    model = reference(size, ngf, norm)
+    torch._dynamo.reset()
+    backend = build_backend(backend_name, model, device=device, dtype=torch.float32, training=True)
+    eager = copy.deepcopy(model).to(device).train()
+    exact = copy.deepcopy(model).to(device=device, dtype=torch.float64).train()
+    seeds = [_inputs(size, batch, device, seed) for seed in range(1, PARITY_SEEDS + 1)]
+
+    start = time.perf_counter()
+    ours = [_gradients(backend.module, backend.run, backend.prepare(x), t, device, dtype) for x, t in seeds[:1]]
+    compile_s = time.perf_counter() - start if backend.compile_mode else 0.0
+    ours += [_gradients(backend.module, backend.run, backend.prepare(x), t, device, dtype) for x, t in seeds[1:]]
+    same = [_gradients(eager, eager, x, t, device, dtype) for x, t in seeds]
+    expected = [_gradients(exact, exact, x.double(), t.double(), device, torch.float32) for x, t in seeds]
+    check = parity(ours, same, expected)
+    if not check.passed:
+        pytest.fail(f"{backend_name} training step in {dtype_name} failed gradient parity: {check}; not timed")
+
+    optimizer = torch.optim.Adam(backend.module.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    x, target = backend.prepare(seeds[0][0]), seeds[0][1]
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, dtype):
+            out = backend.run(x)
+        _loss(out, target).backward()
+        optimizer.step()
+        synchronize(device)
+
+    for _ in range(WARMUP_STEPS):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    benchmark.pedantic(step, rounds=fcg["rounds"], iterations=1, warmup_rounds=0)
+    gflop = 3 * generator_gflop(size, blocks_for(size), ngf)  # forward + backward (inputs and weights)
+    info = {
+        "suite": GENERATOR_SUITE,
+        "mode": "train",
+        "backend": backend_name,
+        "size": size,
+        "num_blocks": blocks_for(size),
+        "ngf": ngf,
+        "batch": batch,
+        "dtype": dtype_name,
+        "norm": norm,
+        "compile_mode": backend.compile_mode,
+        "compile_s": round(compile_s, 3),
+        "parity_err": check.error,
+        "parity_ref_err": check.reference_error,
+        "gflop_per_image": gflop,
+        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        **device_info,
+    }
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        median = benchmark.stats.stats.median
+        info.update(ms_per_batch=median * 1e3, img_per_s=batch / median, tflop_s=gflop * batch / median / 1e3)
+    benchmark.extra_info.update(info)
