@@ -5,8 +5,8 @@
 #                                         (and it is the one run of the bench suites in `make test`)
 # Phases run most important first, each with its own time limit and its own JSON, so a run cut short still
 # returns what it finished. Designed to end in under 7 minutes on an H100, compile times included.
-# $OUT gets 8 files at most (the device tool returns no more): four JSON, log.txt, report.md, report.csv,
-# report.kernels.csv.
+# $OUT gets 8 files at most (the device tool returns no more): five JSON, log.txt and report.md; the CSV
+# tables are made from the JSON afterwards (`fastcyclegan report $OUT/*.json --csv ...`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/local}
@@ -14,10 +14,11 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/fcg-inductor}
 BENCH="$PY -m pytest -q -p no:cacheprovider --benchmark-columns=median,rounds"
-SMOKE=() SMOKE_B1=() PROFILE=()
+SMOKE=() SMOKE_B1=() SMOKE_TRAIN=() PROFILE=()
 if [ "${FCG_SMOKE:-0}" = 1 ]; then  # later options win: every phase shrinks to a CPU-sized smoke run
     SMOKE=(--fcg-smoke --fcg-batches 1 --fcg-kernel-shapes 1,8,8,8 --fcg-rounds 1)
     SMOKE_B1=(--fcg-backends eager,fast)  # the b16 phase already compiled both compiled backends at batch 1
+    SMOKE_TRAIN=(--fcg-backends eager,fast)  # compiling a backward takes minutes on 2 cores (tests/test_fast.py has one)
     PROFILE=(--size 32 --batch 1 --ngf 8)
 fi
 
@@ -37,21 +38,25 @@ phase() {  # phase NAME SECONDS COMMAND...: run with a limit, log to $OUT/log.tx
 
 $PY -c "import fastcyclegan.kernels" 2>/dev/null || $PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -n 3
 
-phase cuda_tests 75 $PY -m pytest tests -q -p no:cacheprovider -m cuda -rs
-phase generator_b16 100 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes bf16 \
+phase cuda_tests 60 $PY -m pytest tests -q -p no:cacheprovider -m cuda -rs
+phase generator_b16 90 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes bf16 \
     --benchmark-json="$OUT/generator_b16_bf16.json" "${SMOKE[@]}"
-phase generator_fp32 75 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes fp32 \
-    --fcg-backends eager,eager_cl,fast --fcg-norms plain,affine --benchmark-json="$OUT/generator_b16_fp32.json" "${SMOKE[@]}"
-phase kernel 50 $BENCH bench/test_kernel_bench.py --fcg-dtypes bf16 \
-    --fcg-kernel-shapes "1,256,64,64;32,256,64,64;8,64,256,256" --benchmark-json="$OUT/kernel_bf16.json" "${SMOKE[@]}"
-phase generator_b1 70 $BENCH bench/test_generator_bench.py --fcg-batches 1 --fcg-dtypes bf16 \
+phase generator_b1 60 $BENCH bench/test_generator_bench.py --fcg-batches 1 --fcg-dtypes bf16 \
     --fcg-backends eager,eager_cl,fast,fast_compiled,compiled --benchmark-json="$OUT/generator_b1_bf16.json" \
     "${SMOKE[@]}" "${SMOKE_B1[@]}"
+phase train 90 $BENCH bench/test_train_bench.py --fcg-mode train --fcg-batches 1,4 --fcg-dtypes bf16 \
+    --fcg-backends eager,compiled,fast,fast_compiled --benchmark-json="$OUT/train_bf16.json" \
+    "${SMOKE[@]}" "${SMOKE_TRAIN[@]}"
+phase kernel 40 $BENCH bench/test_kernel_bench.py --fcg-dtypes bf16 \
+    --fcg-kernel-shapes "1,256,64,64;32,256,64,64;8,64,256,256" --benchmark-json="$OUT/kernel_bf16.json" "${SMOKE[@]}"
+phase generator_fp32 60 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes fp32 \
+    --fcg-backends eager,eager_cl,fast --fcg-norms plain,affine --benchmark-json="$OUT/generator_b16_fp32.json" \
+    "${SMOKE[@]}"
 
-phase profile_fast 20 $PY bench/profile_generator.py --backend fast --batch 16 --dtype bf16 "${PROFILE[@]}"
-phase profile_eager_cl 20 $PY bench/profile_generator.py --backend eager_cl --batch 16 --dtype bf16 "${PROFILE[@]}"
+phase profile_fast 12 $PY bench/profile_generator.py --backend fast --batch 16 --dtype bf16 "${PROFILE[@]}"
+phase profile_eager_cl 12 $PY bench/profile_generator.py --backend eager_cl --batch 16 --dtype bf16 "${PROFILE[@]}"
 
-$PY -m fastcyclegan report "$OUT"/generator_*.json "$OUT"/kernel_*.json \
-    --csv "$OUT/report.csv" --markdown "$OUT/report.md" 2>&1 | tail -n 5
+$PY -m fastcyclegan report "$OUT"/generator_*.json "$OUT"/train_*.json "$OUT"/kernel_*.json \
+    --markdown "$OUT/report.md" 2>&1 | tail -n 5
 echo "=== comparison table ==="
 cat "$OUT/report.md"

@@ -51,12 +51,13 @@ def test_gpu_check_smoke_runs_every_phase(gpu_check_smoke):
     out = done.stdout
     exits = re.findall(r"=== (\w+): exit (\d+) after", out)
     assert [name for name, _ in exits] == [
-        "cuda_tests", "generator_b16", "generator_fp32", "kernel", "generator_b1", "profile_fast", "profile_eager_cl",
+        "cuda_tests", "generator_b16", "generator_b1", "train", "kernel", "generator_fp32", "profile_fast",
+        "profile_eager_cl",
     ], out[-3000:]  # fmt: skip
     assert all(code == "0" for _, code in exits), out[-3000:]
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) <= 8, files
-    assert {"report.md", "report.csv", "log.txt"} <= set(files)
+    assert {"report.md", "log.txt", "train_bf16.json"} <= set(files)
     assert out.rstrip().endswith(tmp_path.joinpath("report.md").read_text().rstrip()[-200:])
     assert "| eager |" in out.split("=== comparison table ===")[-1]
 
@@ -300,3 +301,19 @@ def test_bench_options_are_usage_errors_before_anything_runs():
     message = "--fcg-device cuda: this machine has no CUDA device" if device else "--fcg-batches: expected"
     assert done.returncode == 4 and message in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_training_steps_are_reported_with_their_mode(gpu_check_smoke, tmp_path):
+    """The smoke run's train phase (eager and fast: a generator step with gradient parity) beside its
+    inference rows: speedups compare like with like, and the markdown names the mode."""
+    out_dir, _ = gpu_check_smoke
+    csv = tmp_path / "out.csv"
+    text, problems = report([out_dir / "train_bf16.json", out_dir / "generator_b16_fp32.json"], csv)
+    df = pd.read_csv(csv)
+    train = df[df["mode"] == "train"].set_index("backend")
+    assert problems == [] and sorted(train.index) == ["eager", "fast"]
+    assert (train.ms_per_batch > 0).all() and train.parity_err.notna().all() and (train.dtype == "fp32").all()
+    assert train.loc["fast"].speedup_vs_eager == pytest.approx(
+        train.loc["fast"].img_per_s / train.loc["eager"].img_per_s
+    )
+    assert set(df["mode"]) == {"infer", "train"} and "| device | mode | size |" in text
