@@ -312,7 +312,7 @@ def test_training_steps_are_reported_with_their_mode(gpu_check_smoke, tmp_path):
     df = pd.read_csv(csv)
     train = df[df["mode"] == "train"].set_index("backend")
     assert problems == [] and sorted(train.index) == ["eager", "fast"]
-    assert (train.ms_per_batch > 0).all() and train.parity_err.notna().all() and (train.dtype == "fp32").all()
+    assert (train.ms_per_batch > 0).all() and train.parity_err.notna().all() and (train.dtype == "bf16").all()
     assert train.loc["fast"].speedup_vs_eager == pytest.approx(
         train.loc["fast"].img_per_s / train.loc["eager"].img_per_s
     )
