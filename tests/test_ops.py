@@ -53,15 +53,21 @@ def _affine_params(c, affine, dtype=torch.float32, device="cpu"):
 # fp16 runs the same kernel code as bf16 (another storage type, other rounding): it takes the shapes that
 # exercise rounding and masking, not the slow wide ones (channel blocks and 1x1 planes are dtype-blind)
 _DTYPE_SHAPES = [(d, s) for d in DTYPES for s in SHAPES if d != torch.float16 or s[0][1] < 64]
+# the wide shapes (two channel blocks; a forced split) are the slowest in the interpreter: they take the modes
+# that use every epilogue feature (relu, residual, pad 1 and 3, affine); the narrow shapes take them all
+_WIDE_MODES = [(True, True, 3, False), (False, True, 1, True), (True, False, 1, True)]
 
 
 def _every_case(test):
-    """Parametrize over every (shape, split) x dtype (fp16 on the narrow shapes) x layout x mode."""
-    test = pytest.mark.parametrize(
-        "dtype, shape, split", [(d, s, k) for d, (s, k) in _DTYPE_SHAPES], ids=[f"{d}-{s}" for d, s in _DTYPE_SHAPES]
-    )(test)
-    test = pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])(test)
-    return pytest.mark.parametrize("mode", MODES, ids=_mode_id)(test)
+    """Parametrize over every (shape, split) x dtype (fp16 on the narrow shapes) x layout x mode (the wide
+    shapes with the modes that combine every feature)."""
+    cases = [
+        pytest.param(d, s, k, cl, mode, id=f"{d}-{(s, k)}-{'cl' if cl else 'nchw'}-{_mode_id(mode)}")
+        for d, (s, k) in _DTYPE_SHAPES
+        for cl in (False, True)
+        for mode in (_WIDE_MODES if s[1] >= 64 else MODES)
+    ]
+    return pytest.mark.parametrize("dtype, shape, split, channels_last, mode", cases)(test)
 
 
 def _inputs(shape, dtype, channels_last, residual, pad=0, scale=3.0, shift=0.5, device="cpu"):
