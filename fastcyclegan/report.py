@@ -27,7 +27,7 @@ CSV_COLUMNS = KEY[:2] + ["backend"] + KEY[2:] + [
     "torch", "triton", "cuda", "driver", "datetime", "source",
 ]  # fmt: skip
 KERNEL_COLUMNS = ["machine", "device", "variant", "impl", "shape", "dtype", "gb_s", "copy_fraction", "us", "parity_err",
-                  "copy_gb_s", "torch", "triton", "datetime", "source"]  # fmt: skip
+                  "timing", "copy_gb_s", "torch", "triton", "datetime", "source"]  # fmt: skip
 
 
 class ReportError(Exception):
