@@ -19,9 +19,10 @@ import pytest
 import torch
 from fcg_matrix import blocks_for, matrix
 from fcg_models import reference
+from fcg_results import record_generator_result
 
 from fastcyclegan.backends import DTYPES, build_backend, unavailable_reason
-from fastcyclegan.measure import GENERATOR_SUITE, PARITY_SEEDS, generator_gflop, parity, synchronize
+from fastcyclegan.measure import PARITY_SEEDS, generator_gflop, parity, synchronize
 
 WARMUP_STEPS = 2
 TRAIN_BACKENDS = ("eager", "compiled", "fast", "fast_compiled")
@@ -110,25 +111,6 @@ def test_train_step(benchmark, train_case, fcg, device_info):
         torch.cuda.reset_peak_memory_stats(device)
     benchmark.pedantic(step, rounds=fcg["rounds"], iterations=1, warmup_rounds=0)
     gflop = 3 * generator_gflop(size, blocks_for(size), ngf)  # forward + backward (inputs and weights)
-    info = {
-        "suite": GENERATOR_SUITE,
-        "mode": "train",
-        "backend": backend_name,
-        "size": size,
-        "num_blocks": blocks_for(size),
-        "ngf": ngf,
-        "batch": batch,
-        "dtype": dtype_name,
-        "norm": norm,
-        "compile_mode": backend.compile_mode,
-        "compile_s": round(compile_s, 3),
-        "parity_err": check.error,
-        "parity_ref_err": check.reference_error,
-        "gflop_per_image": gflop,
-        "peak_mem_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        **device_info,
-    }
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        median = benchmark.stats.stats.median
-        info.update(ms_per_batch=median * 1e3, img_per_s=batch / median, tflop_s=gflop * batch / median / 1e3)
-    benchmark.extra_info.update(info)
+    record_generator_result(benchmark, mode="train", case=train_case, ngf=ngf, compile_mode=backend.compile_mode,
+                            compile_s=compile_s, check=check, gflop=gflop, device=device,
+                            device_info=device_info)  # fmt: skip
