@@ -35,13 +35,13 @@ def _conv_without_bias(conv: nn.Conv2d | nn.ConvTranspose2d, h: Tensor) -> Tenso
     path a kernel of its own per conv); the parameter and its key stay, and its gradient, zero in exact
     arithmetic in the reference too, is left None."""
     if isinstance(conv, nn.ConvTranspose2d):
-        nchw = h.is_contiguous()
+        nchw = h.stride(1) != 1 or h.shape[1] == 1  # the activations' layout (h may be a padded tensor's interior)
         h = h.contiguous(memory_format=_weight_format(conv))  # oneDNN: both channels-last, a third faster
         z = F.conv_transpose2d(
             h, conv.weight, None, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation
         )
         return z.contiguous() if nchw else z
-    if onednn.usable(h, conv):
+    if h.is_contiguous(memory_format=torch.channels_last) and onednn.usable(h, conv):
         return onednn.conv2d(conv, h, None)
     return conv._conv_forward(h, conv.weight, None)
 
@@ -74,10 +74,16 @@ def _weight_format(conv: nn.Module) -> torch.memory_format:
     return memory_format_for(weight.device, weight.dtype)
 
 
+# below this many stem outputs per image (ngf * H * W) the pre-packed channels-last path's fixed cost per
+# layer outweighs what it saves (ngf 8 at 32x32: 1.78x eager's time against 1.32x NCHW; ngf 64 at 32x32:
+# 0.97x against 1.19x; bench/results/TUNING.md, CPU step 2)
+_PACKED_MIN_STEM_OUTPUTS = 1 << 15
+
+
 def _activation_format(x: Tensor, stem: nn.Conv2d) -> torch.memory_format:
-    """channels-last where the convs run on oneDNN pre-packed weights (CPU fp32 inference: `onednn.usable`),
-    else the weights' format."""
-    if onednn.usable(x, stem):
+    """channels-last where the convs run on oneDNN pre-packed weights (CPU fp32 inference: `onednn.usable`)
+    and the network is wide enough for it to pay, else the weights' format."""
+    if x.shape[2] * x.shape[3] * stem.out_channels >= _PACKED_MIN_STEM_OUTPUTS and onednn.usable(x, stem):
         return torch.channels_last
     return memory_format_for(stem.weight.device, stem.weight.dtype)
 
@@ -172,6 +178,7 @@ class FastGenerator(Generator):
         h = _conv_norm(m, at.up[0], h, relu=True)
         h = _conv_norm(m, at.up[1], h, relu=True, pad=3)
         head = m[at.head]
-        out = onednn.conv2d(head, h, head.bias) if onednn.usable(h, head) else head(h)
+        packed = h.is_contiguous(memory_format=torch.channels_last) and onednn.usable(h, head)
+        out = onednn.conv2d(head, h, head.bias) if packed else head(h)
         out = torch.tanh(out)
         return out.contiguous()  # the reference returns NCHW whatever the input layout (its norms do)

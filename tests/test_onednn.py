@@ -69,10 +69,12 @@ def test_fast_generator_inference_runs_on_packed_weights(monkeypatch, torch_fall
         "conv2d",
         lambda conv, h, bias: calls.append(h.is_contiguous(memory_format=torch.channels_last)) or packed(conv, h, bias),
     )
-    x = torch.rand(2, 3, 24, 24) * 2 - 1
+    x = torch.rand(2, 3, 64, 64) * 2 - 1  # ngf * H * W = 2^15 stem outputs an image: wide enough to pay
     with torch.no_grad():
         torch.testing.assert_close(fast(x), reference(x), atol=1e-5, rtol=0)
-    assert len(calls) == 6 and all(calls)  # stem, 2 downs, 2 block convs, head: channels-last activations
-    calls.clear()
+        assert len(calls) == 6 and all(calls)  # stem, 2 downs, 2 block convs, head: channels-last activations
+        calls.clear()
+        torch.testing.assert_close(fast(x[:, :, :32, :32]), reference(x[:, :, :32, :32]), atol=1e-5, rtol=0)
+        assert calls == []  # a quarter of that: the fixed cost per layer would outweigh the gain
     fast(x).sum().backward()  # training: plain convs, autograd through them
     assert calls == [] and fast.model[1].weight.grad is not None
