@@ -26,6 +26,7 @@ CSV_COLUMNS = KEY[:2] + ["backend"] + KEY[2:] + [
     "copy_gb_s", "matmul_bf16_tflop_s", "matmul_fp32_tflop_s",
     "torch", "triton", "cuda", "driver", "datetime", "source",
 ]  # fmt: skip
+KERNEL_KEY = ["machine", "device", "variant", "shape", "dtype"]
 KERNEL_COLUMNS = ["machine", "device", "variant", "impl", "shape", "dtype", "gb_s", "copy_fraction", "us", "parity_err",
                   "timing", "copy_gb_s", "torch", "triton", "datetime", "source"]  # fmt: skip
 
@@ -141,7 +142,7 @@ def generator_table(raw: pd.DataFrame) -> pd.DataFrame:
 def kernel_table(raw: pd.DataFrame) -> pd.DataFrame:
     if raw.empty:
         return pd.DataFrame(columns=KERNEL_COLUMNS)
-    df = raw.drop_duplicates(subset=["machine", "device", "variant", "shape", "dtype"], keep="last").copy()
+    df = raw.drop_duplicates(subset=KERNEL_KEY, keep="last").copy()
     for column in KERNEL_COLUMNS:
         if column not in df:
             df[column] = None
@@ -287,6 +288,20 @@ def plot(gen: pd.DataFrame, path) -> None:
     plt.close(fig)
 
 
+def _superseded(raw: pd.DataFrame, key: list[str]) -> list[str]:
+    """A line for each result that a later file's result of the same machine, device and case replaces
+    (reported, never silent: two machines that share a node name need their files reported apart)."""
+    if raw.empty:
+        return []
+    later = raw.drop_duplicates(subset=key, keep="last").set_index(key)["source"]
+    dropped = raw[raw.duplicated(subset=key, keep="last")]
+    return [
+        f"{row.source}: result {' '.join(str(getattr(row, k)) for k in key)} superseded by the one in "
+        f"{later.loc[tuple(getattr(row, k) for k in key)]} (same machine, device and case)"
+        for row in dropped.itertuples()
+    ]
+
+
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -335,6 +350,7 @@ def report(paths, csv_path=None, markdown_path=None, plot_path=None) -> tuple[st
     gen_raw, kernel_raw, problems = read_results(paths)
     if gen_raw.empty and kernel_raw.empty and problems:
         raise ReportError("no fastcyclegan results could be read:\n  " + "\n  ".join(problems))
+    problems += _superseded(gen_raw, KEY + ["backend"]) + _superseded(kernel_raw, KERNEL_KEY)
     gen, kernel = generator_table(gen_raw), kernel_table(kernel_raw)
     text = to_markdown(gen, kernel)
     if csv_path:

@@ -203,6 +203,9 @@ def test_two_machines_with_one_device_name_keep_both_sets_of_rows(suite_json, tm
     df = pd.read_csv(csv)
     assert problems == [] and len(df) == 12 and sorted(df.machine.unique()) == ["node-a", "node-b"]
     assert "(node-a)" in text and "(node-b)" in text  # several machines: each row names its machine
+    again = _with(suite_json, tmp_path, "a2.json", on("node-a"))  # one node name, two files: said, not silent
+    _, problems = report([a, again], csv)
+    assert len(problems) == 6 + 4 and all("superseded by the one in" in p and "a2.json" in p for p in problems)
 
 
 def test_device_names_cannot_inject_formulas_or_break_the_table(suite_json, tmp_path):
