@@ -5,8 +5,8 @@
 #                                         (and it is the one run of the bench suites in `make test`)
 # Phases run most important first, each with its own time limit and its own JSON, so a run cut short still
 # returns what it finished. Designed to end in under 7 minutes on an H100, compile times included.
-# $OUT gets 8 files at most (the device tool returns no more): five JSON, log.txt and report.md; the CSV
-# tables are made from the JSON afterwards (`fastcyclegan report $OUT/*.json --csv ...`).
+# $OUT gets 8 files at most (the device tool returns no more): six JSON, log.txt and report.md; the CSV
+# tables are made afterwards (`fastcyclegan report $OUT/{generator,train,kernel}_*.json --csv ...`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results/local}
@@ -14,12 +14,13 @@ mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/fcg-inductor}
 BENCH="$PY -m pytest -q -p no:cacheprovider --benchmark-columns=median,rounds"
-SMOKE=() SMOKE_B1=() SMOKE_TRAIN=() PROFILE=()
+SMOKE=() SMOKE_B1=() SMOKE_TRAIN=() PROFILE=() AB=()
 if [ "${FCG_SMOKE:-0}" = 1 ]; then  # later options win: every phase shrinks to a CPU-sized smoke run
     SMOKE=(--fcg-smoke --fcg-batches 1 --fcg-kernel-shapes 1,8,8,8 --fcg-rounds 1)
     SMOKE_B1=(--fcg-backends eager,fast)  # the b16 phase already compiled both compiled backends at batch 1
     SMOKE_TRAIN=(--fcg-backends eager,fast)  # compiling a backward takes minutes on 2 cores (tests/test_fast.py has one)
     PROFILE=(--size 32 --batch 1 --ngf 8)
+    AB=(--size 32 --batch 1 --ngf 8 --rounds 1 --dtype fp32)
 fi
 
 phase() {  # phase NAME SECONDS COMMAND...: run with a limit, log to $OUT/log.txt, never stop the script
@@ -38,18 +39,22 @@ phase() {  # phase NAME SECONDS COMMAND...: run with a limit, log to $OUT/log.tx
 
 $PY -c "import fastcyclegan.kernels" 2>/dev/null || $PY -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -n 3
 
-phase cuda_tests 60 $PY -m pytest tests -q -p no:cacheprovider -m cuda -rs
-phase generator_b16 90 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes bf16 \
+phase cuda_tests 50 $PY -m pytest tests -q -p no:cacheprovider -m cuda -rs
+phase generator_b16 80 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes bf16 \
     --benchmark-json="$OUT/generator_b16_bf16.json" "${SMOKE[@]}"
 phase generator_b1 60 $BENCH bench/test_generator_bench.py --fcg-batches 1 --fcg-dtypes bf16 \
     --fcg-backends eager,eager_cl,fast,fast_compiled,compiled --benchmark-json="$OUT/generator_b1_bf16.json" \
     "${SMOKE[@]}" "${SMOKE_B1[@]}"
-phase train 90 $BENCH bench/test_train_bench.py --fcg-mode train --fcg-batches 1,4 --fcg-dtypes bf16 \
+phase train 80 $BENCH bench/test_train_bench.py --fcg-mode train --fcg-batches 1,4 --fcg-dtypes bf16 \
     --fcg-backends eager,compiled,fast,fast_compiled --benchmark-json="$OUT/train_bf16.json" \
     "${SMOKE[@]}" "${SMOKE_TRAIN[@]}"
+# the tensor-core stem/head candidates (FastGenerator.stem_channels / head_channels, off by default)
+phase ab_stem_head 40 $PY bench/ab.py --size 256 --batch 16 --dtype bf16 --rounds 20 \
+    --backends fast,fast:stem_channels=8,fast:head_channels=8,fast:stem_channels=8+head_channels=8 \
+    --json "$OUT/ab_stem_head.json" "${AB[@]}"
 phase kernel 40 $BENCH bench/test_kernel_bench.py --fcg-dtypes bf16 \
     --fcg-kernel-shapes "1,256,64,64;32,256,64,64;8,64,256,256" --benchmark-json="$OUT/kernel_bf16.json" "${SMOKE[@]}"
-phase generator_fp32 60 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes fp32 \
+phase generator_fp32 45 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes fp32 \
     --fcg-backends eager,eager_cl,fast --fcg-norms plain,affine --benchmark-json="$OUT/generator_b16_fp32.json" \
     "${SMOKE[@]}"
 

@@ -102,6 +102,11 @@ class FastGenerator(Generator):
     ):
         super().__init__(num_blocks, in_channels, out_channels, ngf, affine)
         self._apply(lambda t: t)  # conv weights in the memory format of their device and dtype
+        # Candidates for tensor cores on the 3-channel stem and head (zero channels: the same sums, a channel
+        # count cuDNN's tensor-core kernels take), None = off. Off until an A/B on a GPU picks a winner:
+        # `python bench/ab.py --backends fast,fast:stem_channels=8,fast:head_channels=8` (gpu_check.sh).
+        self.stem_channels: int | None = None
+        self.head_channels: int | None = None
 
     def _apply(self, fn, recurse=True):
         """Every move or cast (.to, .cuda, .bfloat16, ...) also puts the conv weights in the memory format
@@ -158,14 +163,36 @@ class FastGenerator(Generator):
                 f"got {x.shape[2]}x{x.shape[3]}"
             )
 
+    def _head(self, head: nn.Conv2d, h: Tensor) -> Tensor:
+        """head(h): on pre-packed oneDNN weights where that runs, with zero output channels up to
+        head_channels when set (their outputs are dropped), else as the module does."""
+        extra = max(0, (self.head_channels or 0) - head.out_channels)
+        if extra:
+            weight = F.pad(head.weight, (0, 0, 0, 0, 0, 0, 0, extra)).contiguous(memory_format=_weight_format(head))
+            bias = None if head.bias is None else F.pad(head.bias, (0, extra))
+            return head._conv_forward(h, weight, bias)[:, : head.out_channels]
+        if h.is_contiguous(memory_format=torch.channels_last) and onednn.usable(h, head):
+            return onednn.conv2d(head, h, head.bias)
+        return head(h)
+
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         m, at = self.model, self.layout
         # Only the 3-channel input is padded by F.pad; every other reflection pad is written by the norm
         # before it (pad=...), so no activation takes a separate padding pass (or, on CUDA, ATen's
         # NCHW-only reflection pad and the layout copies around it).
-        h = _reflect(x, 3).contiguous(memory_format=_activation_format(x, m[at.stem]))
-        h = _conv_norm(m, at.stem, h, relu=True)
+        stem = m[at.stem]
+        extra = max(0, (self.stem_channels or 0) - stem.in_channels)
+        if extra:  # zero channels before the reflection pad (which keeps them zero): one copy for both
+            x = F.pad(x, (0, 0, 0, 0, 0, extra))
+        h = _reflect(x, 3).contiguous(memory_format=_activation_format(x, stem))
+        if extra:
+            weight = F.pad(stem.weight, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=_weight_format(stem))
+            norm = m[GeneratorLayout.norm_after(at.stem)]
+            h = instance_norm(stem._conv_forward(h, weight, None), weight=norm.weight, bias=norm.bias, eps=norm.eps,
+                              relu=True)  # fmt: skip
+        else:
+            h = _conv_norm(m, at.stem, h, relu=True)
         h = _conv_norm(m, at.down[0], h, relu=True)
         h = _conv_norm(m, at.down[1], h, relu=True, pad=1 if at.num_blocks else 0)
         first, second = at.block_convs
@@ -177,8 +204,5 @@ class FastGenerator(Generator):
             h = _interior(h, 1)
         h = _conv_norm(m, at.up[0], h, relu=True)
         h = _conv_norm(m, at.up[1], h, relu=True, pad=3)
-        head = m[at.head]
-        packed = h.is_contiguous(memory_format=torch.channels_last) and onednn.usable(h, head)
-        out = onednn.conv2d(head, h, head.bias) if packed else head(h)
-        out = torch.tanh(out)
+        out = torch.tanh(self._head(m[at.head], h))
         return out.contiguous()  # the reference returns NCHW whatever the input layout (its norms do)

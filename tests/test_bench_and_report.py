@@ -51,13 +51,14 @@ def test_gpu_check_smoke_runs_every_phase(gpu_check_smoke):
     out = done.stdout
     exits = re.findall(r"=== (\w+): exit (\d+) after", out)
     assert [name for name, _ in exits] == [
-        "cuda_tests", "generator_b16", "generator_b1", "train", "kernel", "generator_fp32", "profile_fast",
-        "profile_eager_cl",
+        "cuda_tests", "generator_b16", "generator_b1", "train", "ab_stem_head", "kernel", "generator_fp32",
+        "profile_fast", "profile_eager_cl",
     ], out[-3000:]  # fmt: skip
     assert all(code == "0" for _, code in exits), out[-3000:]
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) <= 8, files
-    assert {"report.md", "log.txt", "train_bf16.json"} <= set(files)
+    assert {"report.md", "log.txt", "train_bf16.json", "ab_stem_head.json"} <= set(files)
+    assert "fast:stem_channels=8+head_channels=8" in out  # the A/B's table
     assert out.rstrip().endswith(tmp_path.joinpath("report.md").read_text().rstrip()[-200:])
     assert "| eager |" in out.split("=== comparison table ===")[-1]
 

@@ -215,3 +215,23 @@ def test_cuda_parity_and_reduce_overhead(dtype, no_tf32):
     graphed = FastGenerator.from_module(ref).to(dtype).compile(mode="reduce-overhead")
     check = generator_parity(ref, lambda x: graphed(x).clone(), dtype, shape, device="cuda")
     assert check.passed, check
+
+
+@pytest.mark.parametrize("size", [24, 64], ids=["nchw-path", "packed-path"])  # ngf 8: 2^15 stem outputs at 64
+def test_tensor_core_stem_and_head_candidates_change_nothing_but_speed(size):
+    """Zero input channels on the stem and zero output channels on the head (the GPU A/B candidates, off by
+    default) give the default's outputs and gradients."""
+    torch.manual_seed(0)
+    ref = Generator(1, ngf=8).eval()
+    plain, padded = FastGenerator.from_module(ref), FastGenerator.from_module(ref)
+    assert plain.stem_channels is None and plain.head_channels is None
+    padded.stem_channels, padded.head_channels = 8, 8
+    x = torch.rand(2, 3, size, size) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(padded(x), plain(x), atol=1e-5, rtol=1e-5)
+    padded(x).square().sum().backward()
+    plain(x).square().sum().backward()
+    for (name, a), b in zip(padded.named_parameters(), plain.parameters()):
+        assert (a.grad is None) == (b.grad is None), name
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4, msg=name)
