@@ -163,6 +163,21 @@ class FastGenerator(Generator):
                 f"got {x.shape[2]}x{x.shape[3]}"
             )
 
+    def _stem(self, x: Tensor) -> Tensor:
+        """relu(IN(stem(reflect(x, 3)))), with zero input channels up to stem_channels when set."""
+        m, at = self.model, self.layout
+        stem = m[at.stem]
+        extra = max(0, (self.stem_channels or 0) - stem.in_channels)
+        if extra:  # zero channels before the reflection pad (which keeps them zero): one copy for both
+            x = F.pad(x, (0, 0, 0, 0, 0, extra))
+        h = _reflect(x, 3).contiguous(memory_format=_activation_format(x, stem))
+        if not extra:
+            return _conv_norm(m, at.stem, h, relu=True)
+        weight = F.pad(stem.weight, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=_weight_format(stem))
+        norm = m[GeneratorLayout.norm_after(at.stem)]
+        z = stem._conv_forward(h, weight, None)
+        return instance_norm(z, weight=norm.weight, bias=norm.bias, eps=norm.eps, relu=True)
+
     def _head(self, head: nn.Conv2d, h: Tensor) -> Tensor:
         """head(h): on pre-packed oneDNN weights where that runs, with zero output channels up to
         head_channels when set (their outputs are dropped), else as the module does."""
@@ -181,18 +196,7 @@ class FastGenerator(Generator):
         # Only the 3-channel input is padded by F.pad; every other reflection pad is written by the norm
         # before it (pad=...), so no activation takes a separate padding pass (or, on CUDA, ATen's
         # NCHW-only reflection pad and the layout copies around it).
-        stem = m[at.stem]
-        extra = max(0, (self.stem_channels or 0) - stem.in_channels)
-        if extra:  # zero channels before the reflection pad (which keeps them zero): one copy for both
-            x = F.pad(x, (0, 0, 0, 0, 0, extra))
-        h = _reflect(x, 3).contiguous(memory_format=_activation_format(x, stem))
-        if extra:
-            weight = F.pad(stem.weight, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=_weight_format(stem))
-            norm = m[GeneratorLayout.norm_after(at.stem)]
-            h = instance_norm(stem._conv_forward(h, weight, None), weight=norm.weight, bias=norm.bias, eps=norm.eps,
-                              relu=True)  # fmt: skip
-        else:
-            h = _conv_norm(m, at.stem, h, relu=True)
+        h = self._stem(x)
         h = _conv_norm(m, at.down[0], h, relu=True)
         h = _conv_norm(m, at.down[1], h, relu=True, pad=1 if at.num_blocks else 0)
         first, second = at.block_convs
