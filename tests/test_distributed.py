@@ -69,8 +69,7 @@ def test_two_processes_translate_each_input_once_with_one_summary(job):
     ours, reference = _pngs(job / "out"), _pngs(job / "single")
     assert len(ours) == 23 and list(ours) == list(reference)
     assert all((ours[name] == reference[name]).all() for name in ours)
-    code, out, err = _finish(_torchrun(job / "g.pth", job / "in", job / "out", "--size", "32"))
-    assert code == 0 and "translated 0 images" in out and "skipped 23 existing, failed 0" in out, err[-3000:]
+    # a rerun's resume (exit 0, the rest translated, the existing skipped): the killed-process test below
 
 
 def test_a_bad_checkpoint_fails_the_job_quickly_naming_it(job, tmp_path):
