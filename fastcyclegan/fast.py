@@ -41,17 +41,27 @@ def _conv_without_bias(conv: nn.Conv2d | nn.ConvTranspose2d, h: Tensor) -> Tenso
             h, conv.weight, None, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation
         )
         return z.contiguous() if nchw else z
-    if h.is_contiguous(memory_format=torch.channels_last) and onednn.usable(h, conv):
+    if _packed(h, conv):
         return onednn.conv2d(conv, h, None)
     return conv._conv_forward(h, conv.weight, None)
 
 
-def _conv_norm(layers: nn.Sequential, conv: int, h: Tensor, **fused) -> Tensor:
-    """layers[conv](h), bias-free, through the fused norm of the instance norm after it (its affine weight
-    and bias and its eps), with the ReLU, residual add and padding given in `fused`."""
+def _packed(h: Tensor, conv: nn.Module) -> bool:
+    """Whether conv(h) runs on oneDNN pre-packed weights: where FastGenerator chose channels-last
+    activations for them (`_activation_format`) and `onednn.usable` allows it."""
+    return h.is_contiguous(memory_format=torch.channels_last) and onednn.usable(h, conv)
+
+
+def _norm_after(layers: nn.Sequential, conv: int, z: Tensor, **fused) -> Tensor:
+    """The fused norm of the instance norm after layers[conv] (its affine weight and bias and its eps) on
+    that conv's output z, with the ReLU, residual add and padding given in `fused`."""
     norm = layers[GeneratorLayout.norm_after(conv)]
-    z = _conv_without_bias(layers[conv], h)
     return instance_norm(z, weight=norm.weight, bias=norm.bias, eps=norm.eps, **fused)
+
+
+def _conv_norm(layers: nn.Sequential, conv: int, h: Tensor, **fused) -> Tensor:
+    """layers[conv](h), bias-free, through the fused norm after it (`_norm_after`)."""
+    return _norm_after(layers, conv, _conv_without_bias(layers[conv], h), **fused)
 
 
 def memory_format_for(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
@@ -174,9 +184,7 @@ class FastGenerator(Generator):
         if not extra:
             return _conv_norm(m, at.stem, h, relu=True)
         weight = F.pad(stem.weight, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=_weight_format(stem))
-        norm = m[GeneratorLayout.norm_after(at.stem)]
-        z = stem._conv_forward(h, weight, None)
-        return instance_norm(z, weight=norm.weight, bias=norm.bias, eps=norm.eps, relu=True)
+        return _norm_after(m, at.stem, stem._conv_forward(h, weight, None), relu=True)
 
     def _head(self, head: nn.Conv2d, h: Tensor) -> Tensor:
         """head(h): on pre-packed oneDNN weights where that runs, with zero output channels up to
@@ -186,7 +194,7 @@ class FastGenerator(Generator):
             weight = F.pad(head.weight, (0, 0, 0, 0, 0, 0, 0, extra)).contiguous(memory_format=_weight_format(head))
             bias = None if head.bias is None else F.pad(head.bias, (0, extra))
             return head._conv_forward(h, weight, bias)[:, : head.out_channels]
-        if h.is_contiguous(memory_format=torch.channels_last) and onednn.usable(h, head):
+        if _packed(h, head):
             return onednn.conv2d(head, h, head.bias)
         return head(h)
 
