@@ -136,11 +136,23 @@ def job_line(summaries: list[Summary]) -> str:
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
+# a temporary of output NAME is ".NAME.<random>.partial" beside it: hidden from find_images, and the name
+# it belongs to can be read back (remove_stale_temporaries)
+_TEMP_SUFFIX = ".partial"
+
+
+def _temp_owner(file_name: str) -> str | None:
+    """The output name a temporary's file name belongs to, or None for any other file."""
+    if not (file_name.startswith(".") and file_name.endswith(_TEMP_SUFFIX)):
+        return None
+    return file_name[1 : -len(_TEMP_SUFFIX)].rpartition(".")[0] or None
+
+
 def _write_png(array, out: Path) -> None:
     """Writes out atomically: encoded into a temporary file of this call's own in out's folder (so two
     writers of one name never share one), renamed over out; the temporary is removed on any failure."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
+    fd, partial = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=_TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             _pil().fromarray(array.numpy()).save(f, format="PNG")
@@ -163,8 +175,7 @@ def remove_stale_temporaries(outputs: list[Path]) -> int:
         except OSError:  # not created yet: nothing stale in it
             continue
         for entry in entries:
-            name = entry.name
-            if name.startswith(".") and name.endswith(".partial") and name[1:].rsplit(".", 2)[0] in names:
+            if _temp_owner(entry.name) in names:
                 Path(entry.path).unlink(missing_ok=True)
                 removed += 1
     return removed
