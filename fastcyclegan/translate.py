@@ -182,7 +182,8 @@ def remove_stale_temporaries(outputs: list[Path]) -> int:
 
 
 def check_output_dir(input_dir: Path, output_dir: Path, overwrite: bool) -> None:
-    """Before the model is loaded: the output folder can be created and written, and is not the input."""
+    """Before the model is loaded: the output folder is not the input and can be written (it, or the
+    nearest folder above it that exists, since the writers create the rest); nothing is created here."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output '{output_dir}' exists and is not a folder")
     if output_dir.resolve() == input_dir.resolve():
@@ -190,12 +191,11 @@ def check_output_dir(input_dir: Path, output_dir: Path, overwrite: bool) -> None
             f"output folder '{output_dir}' is the input folder: outputs would replace sources (--overwrite) or be "
             "read as inputs by the next run; choose another folder (one inside the input folder is fine)"
         )
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create output folder '{output_dir}': {err.strerror or err}") from None
-    if not os.access(output_dir, os.W_OK | os.X_OK):
-        raise ValueError(f"output folder '{output_dir}' is not writable")
+    existing = next(p for p in (output_dir.absolute(), *output_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"cannot create output folder '{output_dir}': '{existing}' is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"output folder '{output_dir}' cannot be written ('{existing}' is not writable)")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -115,6 +115,7 @@ def test_bad_checkpoint_gives_the_loader_message(tmp_path, images, capsys):
     torch.save({"model.0.weight": torch.zeros(1)}, bad)
     assert main(["translate", str(bad), str(images), str(tmp_path / "out"), "--quiet"]) == 2
     assert "latest_net_D.pth" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # a job that never ran leaves no output folder behind
 
 
 def test_missing_input_folder_and_bad_options(tmp_path, checkpoint, capsys):
