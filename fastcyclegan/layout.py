@@ -31,3 +31,25 @@ def padded_empty(x: Tensor, pad: int) -> Tensor:
     n, c, h, w = x.shape
     shape = (n, c, h + 2 * pad, w + 2 * pad)
     return torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=memory_format_of(x))
+
+
+def stats_dtype(x: Tensor) -> torch.dtype:
+    """The dtype of the per-plane statistics (mean, rstd) of x: fp32 whatever the storage, fp64 for fp64."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def fold_reflect_pad(dy: Tensor, pad: int) -> Tensor:
+    """The gradient of reflection padding by `pad`: (N, C, H + 2 pad, W + 2 pad) -> (N, C, H, W).
+
+    Each border position's gradient is added to the position it copied (rows 1..pad and H-1-pad..H-2, the
+    same for columns). Slices, flips and in-place adds keep dy's memory format (ATen's own reflection-pad
+    backward on CUDA makes everything NCHW) and trace under torch.compile.
+    """
+    fmt = memory_format_of(dy)
+    for dim in (3, 2):  # columns, then rows of what the columns left
+        size = dy.shape[dim] - 2 * pad
+        folded = dy.narrow(dim, pad, size).clone(memory_format=fmt)
+        folded.narrow(dim, 1, pad).add_(dy.narrow(dim, 0, pad).flip(dim))
+        folded.narrow(dim, size - 1 - pad, pad).add_(dy.narrow(dim, pad + size, pad).flip(dim))
+        dy = folded
+    return dy

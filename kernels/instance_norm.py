@@ -22,19 +22,20 @@ walks the padded output and reads each position's reflected source, and the resi
 batch of one still gives every SM work: pass 1 writes one partial per (n, c, chunk), pass 2 combines the
 partials of its plane (cheap: `split` values) and then transforms its own chunk.
 
+The launchers have the contract of fastcyclegan.norm_torch's functions of the same names (same arguments,
+same outputs): the op picks one implementation or the other. Tiles and chunks come from launch_plan.plan.
 Names: pointers end in `_ptr`, sizes and strides are lower case, upper case is for `tl.constexpr` only.
 This file imports torch and triton only: the caller (fastcyclegan.ops) checks inputs and allocates outputs.
-Order: shared helpers, forward kernels, backward kernels, launch planning, launchers.
+Order: shared helpers, forward kernels, backward kernels, launchers.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
+
+from .launch_plan import LaunchPlan, plan
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers shared by the kernels
@@ -67,6 +68,13 @@ def _tile(n, offs_c, p0, end, n_channels, stride_n, stride_c, stride_p, BLOCK_P:
         n.to(tl.int64) * stride_n + offs_p.to(tl.int64)[:, None] * stride_p + offs_c.to(tl.int64)[None, :] * stride_c
     )
     return offsets, mask
+
+
+@triton.jit
+def _offsets(n64, h, w, c64, stride_n, stride_c, stride_h, stride_w):
+    """Offsets of the [BLOCK_P, BLOCK_C] positions (h, w) [BLOCK_P, 1] of channels c64 [1, BLOCK_C] in image n
+    of a 4-D tensor with these strides (int64: a batch of large planes passes 2^31 elements)."""
+    return n64 * stride_n + h * stride_h + w * stride_w + c64 * stride_c
 
 
 @triton.jit
@@ -244,14 +252,12 @@ def _in_fwd_apply_kernel(
             col = q - row * width_out
             h = _reflect(row, height, PAD).to(tl.int64)[:, None]
             w = _reflect(col, width, PAD).to(tl.int64)[:, None]
-            src = n64 * x_stride_n + h * x_stride_h + w * x_stride_w + c64 * x_stride_c
-            res = n64 * res_stride_n + h * res_stride_h + w * res_stride_w + c64 * res_stride_c
-            out = (
-                n64 * y_stride_n
-                + row.to(tl.int64)[:, None] * y_stride_h
-                + col.to(tl.int64)[:, None] * y_stride_w
-                + c64 * y_stride_c
-            )
+            src = _offsets(n64, h, w, c64, x_stride_n, x_stride_c, x_stride_h, x_stride_w)
+            res = _offsets(n64, h, w, c64, res_stride_n, res_stride_c, res_stride_h, res_stride_w)
+            out = _offsets(
+                n64, row.to(tl.int64)[:, None], col.to(tl.int64)[:, None], c64, y_stride_n, y_stride_c, y_stride_h,
+                y_stride_w,
+            )  # fmt: skip
         x = tl.load(x_ptr + src, mask=mask, other=0.0).to(tl.float32)
         y = ((x - shift[None, :]) - mean[None, :]) * rstd[None, :]
         if AFFINE:
@@ -343,79 +349,21 @@ def _in_bwd_apply_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# launch planning
-
-_TILE_ELEMENTS = 4096  # elements per [BLOCK_P, BLOCK_C] tile: 16 fp32 registers a thread at 8 warps
-_PROGRAMS_PER_SM = 8  # split planes until the grid has about this many programs per SM
-# Every apply program combines its planes' partials, a [SPLIT_BLOCK, BLOCK_C] fp32 tile per statistic: 64 keeps
-# that at the size of one data tile (registers) and its re-reads from L2 small next to the data it moves.
-_MAX_SPLIT = 64
-_MIN_BLOCK_C = 16  # 16 bf16 channels = one 32-byte sector per position
+# launchers: x and dy must share one (N, C, P)-collapsible layout; fastcyclegan.ops ensures it.
 
 
-@dataclass(frozen=True)
-class Plan:
-    block_p: int  # positions per tile
-    block_c: int  # channels per tile (and per program)
-    split: int  # chunks per plane
-    chunk: int  # positions per chunk, a multiple of block_p
-    num_warps: int
-
-    def grid(self, n: int, c: int) -> tuple[int, int]:
-        return (n * triton.cdiv(c, self.block_c), self.split)
-
-
-@functools.lru_cache(maxsize=16)
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1  # the interpreter runs programs one after another: splitting only adds programs
-
-
-@functools.lru_cache(maxsize=512)  # one call per norm site per forward: keep the Python cost off the hot path
-def plan(
-    n: int, c: int, p: int, channels_last: bool, device: torch.device, split: int | None = None, sms: int | None = None
-) -> Plan:
-    """Tile shape, chunking and warps for (n, c, p) planes; `split` forces the number of chunks per plane,
-    `sms` the number of SMs to fill (default: the device's)."""
-    # The contiguous axis gets the long side of the tile, so every warp reads whole 32-byte sectors.
-    block_c = min(64, max(4, triton.next_power_of_2(c))) if channels_last else min(4, triton.next_power_of_2(c))
-    wanted = _PROGRAMS_PER_SM * (sms or _sm_count(device))
-
-    def tiles_of(block_c: int) -> tuple[int, int]:
-        """(block_p, tiles per plane) for a channel block."""
-        block_p = max(16, min(_TILE_ELEMENTS // block_c, triton.next_power_of_2(p)))
-        return block_p, triton.cdiv(p, block_p)
-
-    def programs_at(block_c: int, tiles: int) -> int:
-        """Programs in the grid when every plane is split as far as the cap allows."""
-        return n * triton.cdiv(c, block_c) * min(tiles, _MAX_SPLIT)
-
-    block_p, tiles = tiles_of(block_c)
-    # Few, large planes (batch 1): narrower channel blocks give more programs once the split is capped.
-    while channels_last and block_c > _MIN_BLOCK_C and programs_at(block_c, tiles) < wanted:
-        narrower = tiles_of(block_c // 2)
-        if programs_at(block_c // 2, narrower[1]) <= programs_at(block_c, tiles):
-            break
-        block_c, (block_p, tiles) = block_c // 2, narrower
-    if split is None:
-        plane_programs = n * triton.cdiv(c, block_c)
-        split = triton.cdiv(wanted, plane_programs) if plane_programs < wanted else 1
-    split = max(1, min(split, tiles, _MAX_SPLIT))
-    chunk = triton.cdiv(tiles, split) * block_p
-    split = triton.cdiv(p, chunk)  # no empty chunks
-    num_warps = 8 if block_p * block_c >= 4096 else 4
-    return Plan(block_p, block_c, split, chunk, num_warps)
-
-
-def plane_strides(x: torch.Tensor) -> tuple[int, int, int]:
-    """(stride_n, stride_c, stride_p) of a 4-D tensor whose H and W collapse into one axis of P = H * W."""
-    n, c, h, w = x.shape
-    return x.view(n, c, h * w).stride()
+def _strides(name: str, t: torch.Tensor) -> dict:
+    """{name}_stride_n, _c, _h, _w of a 4-D tensor, by keyword."""
+    return {f"{name}_stride_{axis}": stride for axis, stride in zip("nchw", t.stride())}
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
     return x.stride(1) == 1 and x.shape[1] > 1
+
+
+def _plan_for(x: torch.Tensor, n_pos: int) -> LaunchPlan:
+    n, c = x.shape[:2]
+    return plan(n, c, n_pos, _is_channels_last(x), x.device)
 
 
 def _affine_args(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> dict:
@@ -423,26 +371,12 @@ def _affine_args(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tenso
     return dict(w_ptr=x if weight is None else weight, b_ptr=x if bias is None else bias, AFFINE=weight is not None)
 
 
-def _plane_args(x: torch.Tensor, cfg: Plan) -> dict:
+def _plane_args(x: torch.Tensor, cfg: LaunchPlan) -> dict:
     """The (N, C, P) addressing, chunking and tiling arguments every plane kernel takes, by keyword."""
     n, c, h, w = x.shape
-    stride_n, stride_c, stride_p = plane_strides(x)
-    return dict(
-        n_pos=h * w,
-        n_channels=c,
-        chunk=cfg.chunk,
-        split=cfg.split,
-        stride_n=stride_n,
-        stride_c=stride_c,
-        stride_p=stride_p,
-        BLOCK_P=cfg.block_p,
-        BLOCK_C=cfg.block_c,
-        num_warps=cfg.num_warps,
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# launchers: x and dy must share one (N, C, P)-collapsible layout; fastcyclegan.ops ensures it.
+    stride_n, stride_c, stride_p = x.view(n, c, h * w).stride()
+    return dict(n_pos=h * w, n_channels=c, chunk=cfg.chunk, split=cfg.split, stride_n=stride_n, stride_c=stride_c,
+                stride_p=stride_p, BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)  # fmt: skip
 
 
 def instance_norm_forward(
@@ -452,67 +386,33 @@ def instance_norm_forward(
     *,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
-    relu: bool,
-    eps: float,
-    split: int | None = None,
+    relu: bool = False,
+    eps: float = 1e-5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Writes act(IN(x) * weight + bias) (+ residual) into `out`, reflection-padded by (out's H - x's H) / 2,
     and returns the fp32 (N, C) mean and rstd. x: (N, C, H, W), (N, C, P)-collapsible; residual: x's shape,
     any strides; weight, bias: both (C,) contiguous or both None; out: (N, C, H + 2 pad, W + 2 pad) in x's
-    dtype, any strides. `split` forces the chunks per plane."""
+    dtype, any strides."""
     n, c, h, w = x.shape
-    pad = (out.shape[2] - h) // 2
     mean = torch.empty((n, c), device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     if x.numel() == 0:
         return mean, rstd
-    channels_last = _is_channels_last(x)
-    stats_plan = plan(n, c, h * w, channels_last, x.device, split)
-    out_plan = plan(n, c, out.shape[2] * out.shape[3], channels_last, x.device, split)
+    stats_plan, out_plan = _plan_for(x, h * w), _plan_for(x, out.shape[2] * out.shape[3])
     part_mean = torch.empty((n, c, stats_plan.split), device=x.device, dtype=torch.float32)
     part_m2 = torch.empty_like(part_mean)
-    _in_fwd_stats_kernel[stats_plan.grid(n, c)](
-        x_ptr=x, part_mean_ptr=part_mean, part_m2_ptr=part_m2, **_plane_args(x, stats_plan)
-    )
+    stats_args = _plane_args(x, stats_plan)
+    _in_fwd_stats_kernel[stats_plan.grid(n, c)](x_ptr=x, part_mean_ptr=part_mean, part_m2_ptr=part_m2, **stats_args)
     res = x if residual is None else residual  # a valid pointer even when HAS_RESIDUAL is off
     _in_fwd_apply_kernel[out_plan.grid(n, c)](
-        x_ptr=x,
-        res_ptr=res,
-        y_ptr=out,
-        part_mean_ptr=part_mean,
-        part_m2_ptr=part_m2,
-        mean_ptr=mean,
-        rstd_ptr=rstd,
-        height=h,
-        width=w,
-        n_channels=c,
-        chunk=stats_plan.chunk,
-        split=stats_plan.split,
-        out_chunk=out_plan.chunk,
-        eps=eps,
-        x_stride_n=x.stride(0),
-        x_stride_c=x.stride(1),
-        x_stride_h=x.stride(2),
-        x_stride_w=x.stride(3),
-        x_stride_p=plane_strides(x)[2],
-        res_stride_n=res.stride(0),
-        res_stride_c=res.stride(1),
-        res_stride_h=res.stride(2),
-        res_stride_w=res.stride(3),
-        y_stride_n=out.stride(0),
-        y_stride_c=out.stride(1),
-        y_stride_h=out.stride(2),
-        y_stride_w=out.stride(3),
-        PAD=pad,
-        FLAT=pad == 0 and res.stride() == x.stride() == out.stride(),
-        RELU=relu,
-        HAS_RESIDUAL=residual is not None,
-        SPLIT_BLOCK=triton.next_power_of_2(stats_plan.split),
-        BLOCK_P=out_plan.block_p,
-        BLOCK_C=out_plan.block_c,
-        num_warps=out_plan.num_warps,
+        x_ptr=x, res_ptr=res, y_ptr=out, part_mean_ptr=part_mean, part_m2_ptr=part_m2, mean_ptr=mean, rstd_ptr=rstd,
+        height=h, width=w, n_channels=c, chunk=stats_plan.chunk, split=stats_plan.split, out_chunk=out_plan.chunk,
+        eps=eps, x_stride_p=stats_args["stride_p"], **_strides("x", x), **_strides("res", res), **_strides("y", out),
+        PAD=(out.shape[2] - h) // 2, FLAT=out.shape == x.shape and res.stride() == x.stride() == out.stride(),
+        RELU=relu, HAS_RESIDUAL=residual is not None, SPLIT_BLOCK=triton.next_power_of_2(stats_plan.split),
+        BLOCK_P=out_plan.block_p, BLOCK_C=out_plan.block_c, num_warps=out_plan.num_warps,
         **_affine_args(x, weight, bias),
-    )
+    )  # fmt: skip
     return mean, rstd
 
 
@@ -524,8 +424,7 @@ def instance_norm_backward(
     *,
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
-    relu: bool,
-    split: int | None = None,
+    relu: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, sum of g, sum of g * xhat) of y = act(IN(x) * weight + bias) (+ residual): dx in x's dtype and
     layout; the sums are fp32 (N, C) per plane, so d bias = sum_g.sum(0) and d weight = sum_gx.sum(0). The
@@ -535,23 +434,11 @@ def instance_norm_backward(
     if x.numel() == 0:
         zeros = torch.zeros((n, c), device=x.device, dtype=torch.float32)
         return dx, zeros, zeros.clone()
-    cfg = plan(n, c, h * w, _is_channels_last(x), x.device, split)
+    cfg = _plan_for(x, h * w)
     part_g = torch.empty((n, c, cfg.split), device=x.device, dtype=torch.float32)
     part_gx = torch.empty_like(part_g)
-    common = dict(_plane_args(x, cfg), **_affine_args(x, weight, bias), RELU=relu)
-    grid = cfg.grid(n, c)
-    _in_bwd_reduce_kernel[grid](
-        dy_ptr=dy, x_ptr=x, mean_ptr=mean, rstd_ptr=rstd, part_g_ptr=part_g, part_gx_ptr=part_gx, **common
-    )
-    _in_bwd_apply_kernel[grid](
-        dy_ptr=dy,
-        x_ptr=x,
-        dx_ptr=dx,
-        mean_ptr=mean,
-        rstd_ptr=rstd,
-        part_g_ptr=part_g,
-        part_gx_ptr=part_gx,
-        SPLIT_BLOCK=triton.next_power_of_2(cfg.split),
-        **common,
-    )
+    common = dict(dy_ptr=dy, x_ptr=x, mean_ptr=mean, rstd_ptr=rstd, part_g_ptr=part_g, part_gx_ptr=part_gx,
+                  RELU=relu, **_plane_args(x, cfg), **_affine_args(x, weight, bias))  # fmt: skip
+    _in_bwd_reduce_kernel[cfg.grid(n, c)](**common)
+    _in_bwd_apply_kernel[cfg.grid(n, c)](dx_ptr=dx, SPLIT_BLOCK=triton.next_power_of_2(cfg.split), **common)
     return dx, part_g.sum(dim=2), part_gx.sum(dim=2)

@@ -3,8 +3,11 @@
 The Triton kernels run through the interpreter here (conftest.py); `torch_fallback` tests the PyTorch path.
 """
 
+import contextlib
+import inspect
 import math
 
+import fastcyclegan.kernels.instance_norm as kernels_module
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,18 +15,20 @@ from fastcyclegan.kernels import instance_norm_backward, instance_norm_forward, 
 from helpers import assert_close, reference_instance_norm, to_format
 
 from fastcyclegan import ops
-from fastcyclegan.layout import padded_empty
-from fastcyclegan.ops import fold_reflect_pad
+from fastcyclegan.layout import fold_reflect_pad, padded_empty
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-# (shape, forced split): batch 1, odd planes, a 1x1 plane, channels off the block size, split planes, N = 0
+# (shape, splits asked of the plan for NCHW and channels-last): batch 1, odd planes, 1x1 planes, channels off
+# the block size; and shapes with enough tiles per plane that the asked split is the split that runs (asserted),
+# so the merge of partial statistics across chunks runs in every mode, layout and dtype. The splits asked differ
+# from what the plan picks on its own (on a CPU: 2 and 3 at 2x5x48x48, 1 and 4 at 1x67x40x40), so a plan that
+# ignored the request fails every split case.
 SHAPES = [
     ((1, 3, 7, 5), None),
     ((2, 5, 33, 31), None),
-    ((2, 5, 33, 31), 3),
+    ((2, 5, 48, 48), (3, 2)),  # 3 NCHW tiles of 1024 per plane, 5 channels-last tiles of 512
     ((2, 70, 1, 1), None),
-    ((1, 67, 9, 8), 4),
-    ((0, 4, 6, 6), None),
+    ((1, 67, 40, 40), (2, 2)),  # 2 NCHW tiles, 25 channels-last tiles of 64
 ]
 # (relu, residual, reflection pad written around the output, affine): the generator uses the last six
 MODES = [
@@ -50,23 +55,34 @@ def _affine_params(c, affine, dtype=torch.float32, device="cpu"):
     return weight.to(dtype), (torch.randn(c, device=device) * 0.5).to(dtype)
 
 
+def _pad_for(shape, pad):
+    return min(pad, shape[2] - 1, shape[3] - 1)  # reflection needs pad < H and W (a 1x1 plane takes none)
+
+
 # fp16 runs the same kernel code as bf16 (another storage type, other rounding): it takes the shapes that
 # exercise rounding and masking, not the slow wide ones (channel blocks and 1x1 planes are dtype-blind)
 _DTYPE_SHAPES = [(d, s) for d in DTYPES for s in SHAPES if d != torch.float16 or s[0][1] < 64]
-# the wide shapes (two channel blocks; a forced split) are the slowest in the interpreter: they take the modes
-# that use every epilogue feature (relu, residual, pad 1 and 3, affine); the narrow shapes take them all
+# the wide shapes (two channel blocks) are the slowest in the interpreter: they take the modes that use every
+# epilogue feature (relu, residual, pad 1 and 3, affine); the narrow shapes take them all
 _WIDE_MODES = [(True, True, 3, False), (False, True, 1, True), (True, False, 1, True)]
+
+
+def _modes_for(shape):
+    """The modes as they run on this shape (pad clamped to the plane), each once: ids say what ran."""
+    modes = _WIDE_MODES if shape[1] >= 64 else MODES
+    return list(dict.fromkeys((relu, res, _pad_for(shape, pad), affine) for relu, res, pad, affine in modes))
 
 
 def _every_case(test):
     """Parametrize over every (shape, split) x dtype (fp16 on the narrow shapes) x layout x mode (the wide
     shapes with the modes that combine every feature)."""
     cases = [
-        pytest.param(d, s, k, cl, mode, id=f"{d}-{(s, k)}-{'cl' if cl else 'nchw'}-{_mode_id(mode)}")
+        pytest.param(d, s, k and k[cl], cl, mode,
+                     id=f"{d}-{s}-split{k[cl] if k else 'auto'}-{'cl' if cl else 'nchw'}-{_mode_id(mode)}")
         for d, (s, k) in _DTYPE_SHAPES
         for cl in (False, True)
-        for mode in (_WIDE_MODES if s[1] >= 64 else MODES)
-    ]
+        for mode in _modes_for(s)
+    ]  # fmt: skip
     return pytest.mark.parametrize("dtype, shape, split, channels_last, mode", cases)(test)
 
 
@@ -80,15 +96,29 @@ def _inputs(shape, dtype, channels_last, residual, pad=0, scale=3.0, shift=0.5, 
     return x, r[:, :, pad : pad + h, pad : pad + w]
 
 
-def _pad_for(shape, pad):
-    return min(pad, shape[2] - 1, shape[3] - 1)  # reflection needs pad < H and W (a 1x1 plane takes none)
-
-
-def _forward(x, residual=None, relu=False, pad=0, split=None, weight=None, bias=None):
+def _forward(x, residual=None, relu=False, pad=0, weight=None, bias=None):
     """The forward launcher on its own: (y, mean, rstd) with y allocated as the op allocates it."""
     y = padded_empty(x, pad)
-    mean, rstd = instance_norm_forward(x, residual, y, weight=weight, bias=bias, relu=relu, eps=1e-5, split=split)
+    mean, rstd = instance_norm_forward(x, residual, y, weight=weight, bias=bias, relu=relu, eps=1e-5)
     return y, mean, rstd
+
+
+@contextlib.contextmanager
+def forced_split(monkeypatch, split):
+    """Every kernel launch inside asks its plan for `split` chunks per plane; yields {positions per plane: the
+    splits planned}, so a test asserts the split that ran (a plan caps the split at the plane's tiles: a small
+    plane would silently run unsplit). The statistics are merged across the chunks of the H * W planes; the
+    forward's apply kernel walks the padded planes, chunked by their own plan."""
+    made = {}
+
+    def planned(n, c, p, channels_last, device):
+        chosen = plan(n, c, p, channels_last, device, split=split)
+        made.setdefault(p, set()).add(chosen.split)
+        return chosen
+
+    with monkeypatch.context() as patch:
+        patch.setattr(kernels_module, "plan", planned)
+        yield made
 
 
 def test_reference_equals_torch_instance_norm():
@@ -96,60 +126,67 @@ def test_reference_equals_torch_instance_norm():
     torch.testing.assert_close(reference_instance_norm(x), F.instance_norm(x, eps=1e-5), atol=1e-12, rtol=1e-12)
 
 
+def _op_and_float64_gradients(x, r, weight, bias, dy, relu, pad):
+    """The public op's output and its gradients (x, residual, weight, bias) by its autograd formula, and the
+    float64 reference's output and gradients, on the same inputs."""
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, r, weight, bias)]
+    y = ops.instance_norm(leaves[0], leaves[1], weight=leaves[2], bias=leaves[3], relu=relu, pad=pad)
+    y.backward(dy)
+    leaves64 = [t.double().requires_grad_() if t is not None else None for t in (x, r, weight, bias)]
+    xg, rg, wg, bg = leaves64
+    expected = reference_instance_norm(xg, rg, relu, pad=pad, weight=wg, bias=bg)
+    expected.backward(dy.double())
+    return (
+        y,
+        [t.grad if t is not None else None for t in leaves],
+        expected.detach(),
+        [t.grad if t is not None else None for t in leaves64],
+    )
+
+
 @_every_case
-def test_forward_and_gradients_match_float64(shape, split, dtype, channels_last, mode):
-    """One forward checked against float64, then its backward against float64 autograd (the kernels directly
-    when a split is forced, the public op and its autograd formula otherwise)."""
+def test_forward_and_gradients_match_float64(monkeypatch, shape, split, dtype, channels_last, mode):
+    """The public op (kernels through the interpreter) and its autograd formula against float64: output, dx,
+    d residual, d weight and d bias. Cases with a split run with every plane cut into that many chunks."""
     relu, has_residual, pad, affine = mode
-    pad = _pad_for(shape, pad)
     x, r = _inputs(shape, dtype, channels_last, has_residual, pad)
     n, c, h, w = shape
     weight, bias = _affine_params(c, affine)
     dy = to_format(torch.randn(n, c, h + 2 * pad, w + 2 * pad), channels_last).to(dtype)
-    if split is None:
-        xg = x.clone().requires_grad_()
-        rg = r.clone().requires_grad_() if has_residual else None
-        wg, bg = (weight.clone().requires_grad_(), bias.clone().requires_grad_()) if affine else (None, None)
-        y = ops.instance_norm(xg, rg, weight=wg, bias=bg, relu=relu, pad=pad)
-    else:
-        y, mean, rstd = _forward(x, r, relu, pad, split, weight, bias)
+    with forced_split(monkeypatch, split) if split else contextlib.nullcontext({}) as made:
+        y, grads, expected, grads64 = _op_and_float64_gradients(x, r, weight, bias, dy, relu, pad)
+    if split:  # the statistics of the forward and the backward's sums merged `split` chunks per plane
+        assert made[h * w] == {split}, made
     assert y.dtype == dtype and y.shape == (n, c, h + 2 * pad, w + 2 * pad)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    assert_close(y, reference_instance_norm(x, r, relu, pad=pad, weight=weight, bias=bias), dtype, "forward")
-
-    x64 = x.double().requires_grad_()
-    r64 = r.double().requires_grad_() if has_residual else None
-    w64, b64 = (weight.double().requires_grad_(), bias.double().requires_grad_()) if affine else (None, None)
-    reference_instance_norm(x64, r64, relu, pad=pad, weight=w64, bias=b64).backward(dy.double())
-    if split is None:
-        y.backward(dy)
-        dx, dr = xg.grad, (rg.grad if has_residual else None)
-        dw, db = (wg.grad, bg.grad) if affine else (None, None)
-    else:
-        dz = fold_reflect_pad(dy, pad) if pad else dy
-        dx, sum_g, sum_gx = instance_norm_backward(dz, x, mean, rstd, weight=weight, bias=bias, relu=relu, split=split)
-        dr, dw, db = dz, sum_gx.sum(0), sum_g.sum(0)
+    assert_close(y, expected, dtype, "forward")
+    dx, dr, dw, db = grads
     assert dx.dtype == dtype and dx.shape == x.shape
     # Where relu's input is within rounding of 0, fp32 and float64 may disagree on its mask: leave those out
     # (and the planes that hold such positions, for the weight and bias sums).
     pre = reference_instance_norm(x, weight=weight, bias=bias)
     settled = pre.abs() > 1e-3 if relu else torch.ones(shape, dtype=torch.bool)
-    assert_close(dx[settled], x64.grad[settled], dtype, "dx")
+    assert_close(dx[settled], grads64[0][settled], dtype, "dx")
     if has_residual:
-        assert_close(dr, r64.grad, dtype, "d residual")
-    if affine and n:
+        assert_close(dr, grads64[1], dtype, "d residual")
+    if affine:
         clean = settled.all(dim=(0, 2, 3))  # channels without an unsettled position
         scale = max(1.0, n * h * w / 16)  # sums over N * P values: their error grows with the count
-        for name, got, want in (("d weight", dw, w64.grad), ("d bias", db, b64.grad)):
+        for name, got, want in (("d weight", dw, grads64[2]), ("d bias", db, grads64[3])):
             assert_close(got[clean] / scale, want[clean] / scale, dtype, name)
 
 
-def test_split_chunks_match_single_chunk():
-    x = torch.randn(2, 9, 40, 24)
-    whole = _forward(x, relu=True, split=1)
-    for split in (2, 5, 60):
-        parts = _forward(x, relu=True, split=split)
-        for a, b in zip(whole, parts):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_split_chunks_match_single_chunk(monkeypatch, channels_last):
+    """Statistics merged across chunks equal one chunk's to fp32 rounding, whatever the number of chunks."""
+    x = to_format(torch.randn(2, 9, 64, 48), channels_last)  # 3 NCHW tiles of 1024 per plane, 24 channels-last
+    results = {}
+    for split in (1, 2, 3):
+        with forced_split(monkeypatch, split) as made:
+            results[split] = _forward(x, relu=True, pad=1)
+        assert made[64 * 48] == {split}, made
+    for split in (2, 3):
+        for a, b in zip(results[1], results[split]):
             torch.testing.assert_close(a, b, atol=2e-6, rtol=2e-6)
 
 
@@ -174,9 +211,11 @@ def test_plan_fills_an_h100_at_every_batch(n, c, hw):
 
 def test_large_mean_keeps_precision(monkeypatch):
     """|mean| = 1e4, std = 1: E[x^2] - E[x]^2 in fp32 loses every digit here; Welford/two-pass does not."""
-    x = torch.randn(2, 4, 32, 32) + 1e4
-    for split in (1, 4):
-        y = _forward(x, split=split)[0]
+    x = torch.randn(2, 4, 64, 64) + 1e4
+    for split in (1, 4):  # 4 NCHW tiles of 1024 per plane: 4 chunks merged
+        with forced_split(monkeypatch, split) as made:
+            y = _forward(x)[0]
+        assert made[64 * 64] == {split}, made
         torch.testing.assert_close(y.double(), reference_instance_norm(x), atol=1e-4, rtol=0)
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the PyTorch path
     for layout in (x, x.contiguous(memory_format=torch.channels_last)):  # shifted Welford / ATen's batch norm
@@ -212,13 +251,18 @@ def test_float64_runs_through_pytorch():
     assert torch.autograd.gradcheck(lambda t: ops.instance_norm(t, relu=False), (x,))
 
 
+_FALLBACK_CASES = [  # (shape, pad, affine) as they run: a 1x1 plane takes no padding
+    pytest.param(shape, pad, affine, id=f"{shape}-pad{pad}" + "-affine" * affine)
+    for shape, modes in (((2, 6, 9, 7), ((0, False), (1, True), (3, False))), ((1, 3, 1, 1), ((0, False), (0, True))))
+    for pad, affine in modes
+]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
-@pytest.mark.parametrize("shape", [(2, 6, 9, 7), (1, 3, 1, 1), (0, 3, 4, 4)], ids=str)
-@pytest.mark.parametrize("pad, affine", [(0, False), (1, True), (3, False)], ids=["plain", "pad1-affine", "pad3"])
+@pytest.mark.parametrize("shape, pad, affine", _FALLBACK_CASES)
 def test_pytorch_fallback_matches_reference_and_kernels(monkeypatch, shape, channels_last, dtype, pad, affine):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    pad = _pad_for(shape, pad)
     x, r = _inputs(shape, dtype, channels_last, True)
     weight, bias = _affine_params(shape[1], affine)
     assert not ops.use_triton(x)
@@ -374,6 +418,20 @@ def test_edge_cases_agree_on_both_paths(monkeypatch, path, channels_last):
     assert empty.shape == (2, 0, 8, 7)
 
 
+@pytest.mark.parametrize("path", ["0", "1"], ids=["pytorch", "triton"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_empty_batch_keeps_shape_dtype_layout_and_gives_empty_gradients(monkeypatch, path, channels_last):
+    """N = 0: an empty output of the padded shape in x's dtype and memory format, and empty gradients."""
+    monkeypatch.setenv("TRITON_INTERPRET", path)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(0, 4, 6, 6, dtype=torch.bfloat16).contiguous(memory_format=fmt).requires_grad_()
+    weight, bias = (torch.ones(4, requires_grad=True), torch.zeros(4, requires_grad=True))
+    y = ops.instance_norm(x, x.detach().clone(), weight=weight, bias=bias, relu=True, pad=3)
+    assert y.shape == (0, 4, 12, 12) and y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=fmt)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and (weight.grad == 0).all() and (bias.grad == 0).all()
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -387,3 +445,16 @@ def test_edge_cases_agree_on_both_paths(monkeypatch, path, channels_last):
 def test_bad_eps_and_pad_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ops.instance_norm(torch.randn(1, 2, 8, 8), **kwargs)
+
+
+@pytest.mark.parametrize("name", ["instance_norm_forward", "instance_norm_backward"])
+def test_both_implementations_share_one_signature(name):
+    """fastcyclegan.norm_torch and the kernels' launchers: the same parameters, kinds and defaults."""
+    import fastcyclegan.kernels as kernels
+
+    from fastcyclegan import norm_torch
+
+    def params(fn):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+    assert params(getattr(norm_torch, name)) == params(getattr(kernels, name))

@@ -1,0 +1,159 @@
+"""The PyTorch implementation of the fused instance norm: the contract of `fastcyclegan.kernels` (the same
+functions, arguments and outputs), for CPUs without Triton's interpreter and for float64 everywhere.
+
+    instance_norm_forward(x, residual, out, *, weight, bias, relu, eps) -> (mean, rstd), writes out
+    instance_norm_backward(dy, x, mean, rstd, *, weight, bias, relu) -> (dx, sum of g, sum of g * xhat)
+
+The maths is the kernels' (their module docstring). Statistics accumulate in fp32 (fp64 for fp64 x) and never
+lose digits to |mean| >> std; every path is one batched computation for all (N, C) planes or, for
+channels-last, one per image (no loop over planes). Outputs go straight into `out` where its layout allows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .layout import stats_dtype
+
+
+def _batch_norm_planes(z: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+    """Writes IN(x) * weight + bias into z (NCHW-contiguous, the statistics' dtype) for NCHW-contiguous x and
+    returns the (N, C) mean and rstd: all N * C planes as the channels of one (1, N*C, H, W) batch norm,
+    ATen's fastest CPU path. Its statistics are two-pass with double accumulators (|mean| >> std loses no
+    digits in them); its transform x * a + b rounds like eager InstanceNorm2d's, |mean| / std * 2^-24 relative
+    (a shift by x[n, c, 0] first, as the kernels do for free, would cost a whole extra pass here:
+    bench/results/TUNING.md, CPU path)."""
+    n, c, h, w = x.shape
+    planes = x.to(z.dtype).view(1, n * c, h, w)
+    if weight is not None:
+        weight, bias = weight.to(z.dtype).repeat(n), bias.to(z.dtype).repeat(n)
+    mean, rstd = z.new_empty(n * c), z.new_empty(n * c)
+    torch.ops.aten.native_batch_norm.out(
+        planes, weight, bias, None, None, True, 0.0, eps, out=z.view(1, n * c, h, w), save_mean=mean, save_invstd=rstd
+    )  # fmt: skip
+    return mean.view(n, c), rstd.view(n, c)
+
+
+def _batch_norm_images(z: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+    """The same for channels-last x in its statistics' dtype, where no (1, N*C, H, W) view exists: each image
+    (1, C, H, W) is one batch norm through ATen's channels-last kernel (faster than its NCHW one), written
+    into z (channels-last). That kernel accumulates in x's dtype, so, as the Triton kernels do, each plane is
+    first shifted by its first element (into a one-image buffer): |mean| >> std keeps its digits (an
+    unshifted 1e4 + N(0, 1) plane comes out 1e-2 off, shifted 1e-6)."""
+    n, c = x.shape[:2]
+    shifted = torch.empty_like(x[:1])
+    anchor = x[:, :, :1, :1]
+    mean, rstd = x.new_empty((n, c)), x.new_empty((n, c))
+    if weight is not None:
+        weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+    for i in range(n):  # N calls, not N*C: one parallel region per image
+        torch.sub(x[i : i + 1], anchor[i : i + 1], out=shifted)
+        torch.ops.aten.native_batch_norm.out(
+            shifted, weight, bias, None, None, True, 0.0, eps, out=z[i : i + 1], save_mean=mean[i], save_invstd=rstd[i]
+        )  # fmt: skip
+    return mean + anchor[:, :, 0, 0], rstd
+
+
+def _normalize_into(z: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+    """Writes IN(x) * weight + bias into z (x's shape, the statistics' dtype, any strides); returns the
+    (N, C) mean and rstd. For any layout of x.
+
+    As in the kernels, the statistics are of values shifted by each plane's first element, so |mean| >> std
+    keeps its digits: z = x - x[n, c, 0, 0], then ATen's var_mean, a Welford reduction over every plane at
+    once in any layout, then one affine pass in place: z * scale + (beta - mean_z * scale), whose terms are all
+    of the order of the plane's spread.
+    """
+    anchor = x[:, :, :1, :1].to(z.dtype)
+    torch.sub(x, anchor, out=z)
+    var, mean_z = torch.var_mean(z, dim=(2, 3), unbiased=False)
+    rstd = torch.where(var + eps > 0, torch.rsqrt(var + eps), 0.0)  # eps = 0, constant plane: 0, as ATen's
+    scale = rstd if weight is None else rstd * weight.to(rstd.dtype)
+    shift = -mean_z * scale if bias is None else bias.to(rstd.dtype) - mean_z * scale
+    torch.addcmul(shift[:, :, None, None], z, scale[:, :, None, None], out=z)
+    return mean_z + anchor[:, :, 0, 0], rstd
+
+
+def fill_reflect_border(y: Tensor, pad: int) -> Tensor:
+    """Writes the reflection-padding border of y (N, C, H + 2 pad, W + 2 pad) from its interior, in place."""
+    h, w = y.shape[2] - 2 * pad, y.shape[3] - 2 * pad
+    rows = y[:, :, pad : pad + h]
+    rows[..., :pad].copy_(rows[..., pad + 1 : 2 * pad + 1].flip(-1))  # left columns mirror the interior
+    rows[..., pad + w :].copy_(rows[..., w - 1 : w - 1 + pad].flip(-1))
+    y[:, :, :pad].copy_(y[:, :, pad + 1 : 2 * pad + 1].flip(2))  # then whole rows, corners included
+    y[:, :, pad + h :].copy_(y[:, :, h - 1 : h - 1 + pad].flip(2))
+    return y
+
+
+def instance_norm_forward(
+    x: Tensor,
+    residual: Tensor | None,
+    out: Tensor,
+    *,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    relu: bool = False,
+    eps: float = 1e-5,
+) -> tuple[Tensor, Tensor]:
+    """Writes act(IN(x) * weight + bias) (+ residual) into `out`, reflection-padded by (out's H - x's H) / 2,
+    and returns the (N, C) mean and rstd (fp32; fp64 for fp64 x). Arguments as the kernels' launcher.
+
+    The normalized values z stay in the statistics' dtype until the end: they are `out`'s interior itself
+    where its dtype and layout allow, else a temporary copied (or reflection-padded by ATen) into `out` in one pass.
+    """
+    n, c, h, w = x.shape
+    dtype = stats_dtype(x)
+    if x.numel() == 0:
+        empty = torch.empty((n, c), dtype=dtype, device=x.device)
+        return empty, empty.clone()
+    pad = (out.shape[2] - h) // 2
+    interior = out[:, :, pad : pad + h, pad : pad + w]
+    with torch.autocast(x.device.type, enabled=False):  # outputs in x's dtype, as the op promises
+        if x.is_contiguous() and h * w > 1:
+            normalize, fits = _batch_norm_planes, interior.is_contiguous()
+        elif x.dtype == dtype and x.is_contiguous(memory_format=torch.channels_last) and h * w > 1:
+            normalize, fits = _batch_norm_images, interior.is_contiguous(memory_format=torch.channels_last)
+        else:
+            normalize, fits = _normalize_into, True
+        z = interior if fits and out.dtype == dtype else torch.empty_like(x, dtype=dtype)
+        mean, rstd = normalize(z, x, weight, bias, eps)
+        if relu:
+            z.relu_()  # keeps NaN
+        if residual is not None:
+            z.add_(residual)
+        if z is not interior and pad and z.dtype == out.dtype:
+            torch.ops.aten.reflection_pad2d.out(z, [pad] * 4, out=out)  # one pass, the border included
+        else:
+            if z is not interior:
+                interior.copy_(z)  # rounds to out's dtype
+            if pad:
+                fill_reflect_border(out, pad)
+    return mean, rstd
+
+
+def instance_norm_backward(
+    dy: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    *,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    relu: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, sum of g, sum of g * xhat) per plane, as the kernels' launcher returns them."""
+    with torch.autocast(x.device.type, enabled=False):
+        mean4, rstd4 = mean[:, :, None, None], rstd[:, :, None, None]
+        xhat = (x.to(mean.dtype) - mean4) * rstd4
+        g = dy.to(mean.dtype)
+        gamma = None if weight is None else weight.to(mean.dtype)[None, :, None, None]
+        if relu:
+            z = xhat if weight is None else xhat * gamma + bias.to(mean.dtype)[None, :, None, None]
+            g = torch.where(z > 0, g, 0.0)
+        sum_g = g.sum(dim=(2, 3))
+        sum_gx = (g * xhat).sum(dim=(2, 3))
+        count = x.shape[2] * x.shape[3]
+        mean_g, mean_gx = (sum_g / count)[:, :, None, None], (sum_gx / count)[:, :, None, None]
+        scale = rstd4 if gamma is None else rstd4 * gamma
+        dx = torch.empty_like(x).copy_(scale * (g - mean_g - xhat * mean_gx))
+    return dx, sum_g, sum_gx
