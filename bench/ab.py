@@ -1,10 +1,10 @@
 """Interleaved A/B timing of generator backends on one device: the fair comparison on a noisy machine.
 
     python bench/ab.py --backends eager,fast --size 256 --batch 8 --dtype fp32 --rounds 7 [--json out.json]
-    python bench/ab.py --backends fast,fast:stem_channels=8,fast:head_channels=8+stem_channels=8 --dtype bf16
+    python bench/ab.py --backends fast,fast:stem8,fast:head8,fast:stem8+head8 --dtype bf16
 
-A backend name may carry attributes to set on its module after it is built (`name:attr=int+attr=int`):
-the A/B of a FastGenerator candidate that is off by default (stem_channels, head_channels).
+`fast:NAME` is the FastGenerator candidate NAME of bench/fcg_variants.py (stem8, head8, stem8+head8), run
+eagerly like `fast`: the A/B of a change before it moves into FastGenerator.
 
 Each round calls every backend once, in turn, on the same input (after a warm-up call each, compile
 included), so slow drift of the machine (other processes, clocks) hits all of them alike; the table gives
@@ -22,16 +22,19 @@ import time
 
 import torch
 from fcg_matrix import blocks_for
+from fcg_variants import VARIANTS
 
 from fastcyclegan import Generator
-from fastcyclegan.backends import BACKENDS, DTYPES, build_backend
+from fastcyclegan.backends import BACKENDS, DTYPES, Backend, build_backend
+from fastcyclegan.devices import default_device
 from fastcyclegan.measure import device_facts, synchronize
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     choices = ", ".join(BACKENDS)
-    parser.add_argument("--backends", default="eager,fast", help=f"comma list of {choices} (or name:attr=int+attr=int)")
+    variants = ", ".join(f"fast:{v}" for v in VARIANTS)
+    parser.add_argument("--backends", default="eager,fast", help=f"comma list of {choices}, {variants}")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
@@ -43,18 +46,13 @@ def main(argv=None) -> int:
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
     if not names or args.rounds < 1 or args.batch < 1:
         parser.error("need at least one backend, --rounds >= 1 and --batch >= 1")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device) if args.device else default_device()
     torch.manual_seed(0)
     reference = Generator(blocks_for(args.size), ngf=args.ngf).eval()
     x = torch.rand(args.batch, 3, args.size, args.size, device=device) * 2 - 1
     runs = {}
     for name in names:
-        base, settings = _variant(name, parser)
-        backend = build_backend(base, reference, device=device, dtype=DTYPES[args.dtype], example=x)
-        for attr, value in settings.items():
-            if not hasattr(backend.module, attr):
-                parser.error(f"{name}: {type(backend.module).__name__} has no attribute {attr!r}")
-            setattr(backend.module, attr, value)
+        backend = _build(name, reference, device, DTYPES[args.dtype], x, parser)
         inp = backend.prepare(x.to(DTYPES[args.dtype]))
         runs[name] = (backend, inp)
     seconds: dict[str, list[float]] = {name: [] for name in names}
@@ -81,18 +79,16 @@ def main(argv=None) -> int:
     return 0
 
 
-def _variant(name: str, parser) -> tuple[str, dict[str, int]]:
-    """'fast:stem_channels=8+head_channels=8' -> ('fast', {'stem_channels': 8, 'head_channels': 8})."""
-    base, _, rest = name.partition(":")
-    settings = {}
-    for item in filter(None, rest.split("+")):
-        attr, _, value = item.partition("=")
-        if not value.isdigit():
-            parser.error(f"{name}: expected name:attr=int+attr=int, got {item!r}")
-        settings[attr] = int(value)
-    if base not in BACKENDS:
-        parser.error(f"{name}: unknown backend {base!r}; expected one of {', '.join(BACKENDS)}")
-    return base, settings
+def _build(name: str, reference, device, dtype, example, parser) -> Backend:
+    """The backend `name`, or for 'fast:VARIANT' that FastGenerator candidate run eagerly."""
+    base, _, variant = name.partition(":")
+    if base not in BACKENDS or (variant and (base != "fast" or variant not in VARIANTS)):
+        parser.error(f"{name}: expected one of {', '.join(BACKENDS)} or fast:VARIANT with VARIANT one of "
+                     f"{', '.join(VARIANTS)}")  # fmt: skip
+    if not variant:
+        return build_backend(name, reference, device=device, dtype=dtype, example=example)
+    module = VARIANTS[variant].from_module(reference).to(device=device, dtype=dtype).eval()
+    return Backend(name, module, module, channels_last_input=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Reading generator checkpoints: a file (PyTorch or safetensors) or a mapping -> the flat state dict of
-tensors inside it, then -> a `Generator` (or subclass) through `structure.describe_state`.
+tensors inside it, then -> the `GeneratorSpec` that `structure.describe_state` reads off it.
 
 Files are read with `torch.load(weights_only=True)`: a pickle that would import or call anything beyond
 tensors and containers is refused before any of its code runs. A zip entry that inflates to many times its
@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .structure import GeneratorSpec, NotAGenerator, describe_state
 
@@ -159,10 +159,3 @@ def describe_checkpoint(source, *, map_location="cpu", key: str | None = None) -
                 f"{tensor.numel()} (a diverged training run?); expected finite numbers"
             )
     return spec, taken
-
-
-def build_generator(cls: type[nn.Module], spec: GeneratorSpec) -> nn.Module:
-    """`cls(**spec.config)` (Generator or a subclass with its constructor) holding the spec's weights."""
-    model = cls(**spec.config)
-    model.load_state_dict(spec.state, strict=True)
-    return model

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import onednn
-from .checkpoint import build_generator
+from . import convs
 from .ops import instance_norm
 from .reference import Generator, GeneratorLayout
 from .structure import NotAGenerator, describe_module
@@ -29,30 +28,7 @@ def _interior(padded: Tensor, pad: int) -> Tensor:
     return padded[:, :, pad:-pad, pad:-pad]
 
 
-def _conv_without_bias(conv: nn.Conv2d | nn.ConvTranspose2d, h: Tensor) -> Tensor:
-    """conv(h) without its bias. Every conv but the head feeds an instance norm, which removes a per-channel
-    constant exactly: IN(z + b) = IN(z), affine or not. So the add is wasted work (on cuDNN's channels-last
-    path a kernel of its own per conv); the parameter and its key stay, and its gradient, zero in exact
-    arithmetic in the reference too, is left None."""
-    if isinstance(conv, nn.ConvTranspose2d):
-        nchw = h.stride(1) != 1 or h.shape[1] == 1  # the activations' layout (h may be a padded tensor's interior)
-        h = h.contiguous(memory_format=_weight_format(conv))  # oneDNN: both channels-last, a third faster
-        z = F.conv_transpose2d(
-            h, conv.weight, None, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation
-        )
-        return z.contiguous() if nchw else z
-    if _packed(h, conv):
-        return onednn.conv2d(conv, h, None)
-    return conv._conv_forward(h, conv.weight, None)
-
-
-def _packed(h: Tensor, conv: nn.Module) -> bool:
-    """Whether conv(h) runs on oneDNN pre-packed weights: where FastGenerator chose channels-last
-    activations for them (`_activation_format`) and `onednn.usable` allows it."""
-    return h.is_contiguous(memory_format=torch.channels_last) and onednn.usable(h, conv)
-
-
-def _norm_after(layers: nn.Sequential, conv: int, z: Tensor, **fused) -> Tensor:
+def norm_after(layers: nn.Sequential, conv: int, z: Tensor, **fused) -> Tensor:
     """The fused norm of the instance norm after layers[conv] (its affine weight and bias and its eps) on
     that conv's output z, with the ReLU, residual add and padding given in `fused`."""
     norm = layers[GeneratorLayout.norm_after(conv)]
@@ -60,42 +36,8 @@ def _norm_after(layers: nn.Sequential, conv: int, z: Tensor, **fused) -> Tensor:
 
 
 def _conv_norm(layers: nn.Sequential, conv: int, h: Tensor, **fused) -> Tensor:
-    """layers[conv](h), bias-free, through the fused norm after it (`_norm_after`)."""
-    return _norm_after(layers, conv, _conv_without_bias(layers[conv], h), **fused)
-
-
-def memory_format_for(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
-    """The layout of activations and conv weights that runs fastest: channels-last on GPUs (cuDNN's NHWC
-    kernels, no layout copies) and for half precision on a CPU (oneDNN's NCHW bf16 convs are many times
-    slower on CPUs without native bf16); NCHW for fp32 on a CPU when the convs take plain weights (autograd,
-    torch.compile), where oneDNN's NCHW convs and the op's batch-norm path are faster. CPU fp32 inference
-    runs channels-last on pre-packed weights instead (`_activation_format`). bench/results/TUNING.md, CPU."""
-    if device.type == "cpu" and dtype in (torch.float32, torch.float64):
-        return torch.contiguous_format
-    return torch.channels_last
-
-
-def _weight_format(conv: nn.Module) -> torch.memory_format:
-    """Conv weights follow `memory_format_for`, but a transposed conv's weight is channels-last on a CPU in
-    fp32 too: oneDNN's deconvolution is a third faster with both it and its input channels-last."""
-    weight = conv.weight
-    if isinstance(conv, nn.ConvTranspose2d) and weight.device.type == "cpu" and weight.dtype == torch.float32:
-        return torch.channels_last
-    return memory_format_for(weight.device, weight.dtype)
-
-
-# below this many stem outputs per image (ngf * H * W) the pre-packed channels-last path's fixed cost per
-# layer outweighs what it saves (ngf 8 at 32x32: 1.78x eager's time against 1.32x NCHW; ngf 64 at 32x32:
-# 0.97x against 1.19x; bench/results/TUNING.md, CPU step 2)
-_PACKED_MIN_STEM_OUTPUTS = 1 << 15
-
-
-def _activation_format(x: Tensor, stem: nn.Conv2d) -> torch.memory_format:
-    """channels-last where the convs run on oneDNN pre-packed weights (CPU fp32 inference: `onednn.usable`)
-    and the network is wide enough for it to pay, else the weights' format."""
-    if x.shape[2] * x.shape[3] * stem.out_channels >= _PACKED_MIN_STEM_OUTPUTS and onednn.usable(x, stem):
-        return torch.channels_last
-    return memory_format_for(stem.weight.device, stem.weight.dtype)
+    """layers[conv](h), bias-free, through the fused norm after it (`norm_after`)."""
+    return norm_after(layers, conv, convs.conv_without_bias(layers[conv], h), **fused)
 
 
 def min_input_size(num_blocks: int) -> int:
@@ -112,20 +54,15 @@ class FastGenerator(Generator):
     ):
         super().__init__(num_blocks, in_channels, out_channels, ngf, affine)
         self._apply(lambda t: t)  # conv weights in the memory format of their device and dtype
-        # Candidates for tensor cores on the 3-channel stem and head (zero channels: the same sums, a channel
-        # count cuDNN's tensor-core kernels take), None = off. Off until an A/B on a GPU picks a winner:
-        # `python bench/ab.py --backends fast,fast:stem_channels=8,fast:head_channels=8` (gpu_check.sh).
-        self.stem_channels: int | None = None
-        self.head_channels: int | None = None
 
     def _apply(self, fn, recurse=True):
         """Every move or cast (.to, .cuda, .bfloat16, ...) also puts the conv weights in the memory format
-        that runs fastest for their device and dtype (`memory_format_for`): the convs follow the weights."""
+        that runs fastest for their device and dtype (`convs.weight_format`): the convs follow the weights."""
         super()._apply(fn, recurse)
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
                 weight = module.weight
-                fmt = _weight_format(module)
+                fmt = convs.weight_format(module)
                 if not weight.is_contiguous(memory_format=fmt):
                     weight.data = weight.data.contiguous(memory_format=fmt)
         return self
@@ -145,7 +82,7 @@ class FastGenerator(Generator):
             spec = describe_module(module)
         except NotAGenerator as err:
             raise ValueError(f"cannot convert {type(module).__name__} to FastGenerator: it {err}") from err
-        fast = build_generator(cls, spec)
+        fast = spec.build(cls)
         first = next(iter(spec.state.values()))
         return fast.to(device=first.device, dtype=first.dtype).train(module.training)
 
@@ -174,29 +111,14 @@ class FastGenerator(Generator):
             )
 
     def _stem(self, x: Tensor) -> Tensor:
-        """relu(IN(stem(reflect(x, 3)))), with zero input channels up to stem_channels when set."""
-        m, at = self.model, self.layout
-        stem = m[at.stem]
-        extra = max(0, (self.stem_channels or 0) - stem.in_channels)
-        if extra:  # zero channels before the reflection pad (which keeps them zero): one copy for both
-            x = F.pad(x, (0, 0, 0, 0, 0, extra))
-        h = _reflect(x, 3).contiguous(memory_format=_activation_format(x, stem))
-        if not extra:
-            return _conv_norm(m, at.stem, h, relu=True)
-        weight = F.pad(stem.weight, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=_weight_format(stem))
-        return _norm_after(m, at.stem, stem._conv_forward(h, weight, None), relu=True)
+        """relu(IN(stem(reflect(x, 3)))): the activations take their layout here (`convs.activation_format`)."""
+        stem = self.model[self.layout.stem]
+        h = _reflect(x, 3).contiguous(memory_format=convs.activation_format(x, stem))
+        return _conv_norm(self.model, self.layout.stem, h, relu=True)
 
     def _head(self, head: nn.Conv2d, h: Tensor) -> Tensor:
-        """head(h): on pre-packed oneDNN weights where that runs, with zero output channels up to
-        head_channels when set (their outputs are dropped), else as the module does."""
-        extra = max(0, (self.head_channels or 0) - head.out_channels)
-        if extra:
-            weight = F.pad(head.weight, (0, 0, 0, 0, 0, 0, 0, extra)).contiguous(memory_format=_weight_format(head))
-            bias = None if head.bias is None else F.pad(head.bias, (0, extra))
-            return head._conv_forward(h, weight, bias)[:, : head.out_channels]
-        if _packed(h, head):
-            return onednn.conv2d(head, h, head.bias)
-        return head(h)
+        """head(h), with its bias."""
+        return convs.conv_with_bias(head, h)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .checkpoint import build_generator, describe_checkpoint
+from .checkpoint import describe_checkpoint
 from .fast import FastGenerator
 from .reference import Generator
 
@@ -24,6 +24,6 @@ def load_generator(source, *, map_location="cpu", fast: bool = False, key: str |
     file and the reason for anything else. `model.checkpoint_key` records the key the weights came from.
     """
     spec, taken = describe_checkpoint(source, map_location=map_location, key=key)
-    model = build_generator(FastGenerator if fast else Generator, spec)
+    model = spec.build(FastGenerator if fast else Generator)
     model.checkpoint_key = taken
     return model

@@ -51,6 +51,12 @@ class GeneratorSpec:
             "affine": self.affine,
         }
 
+    def build(self, cls: type[nn.Module]) -> nn.Module:
+        """`cls(**config)` (Generator or a subclass with its constructor) holding these weights."""
+        model = cls(**self.config)
+        model.load_state_dict(self.state, strict=True)
+        return model
+
 
 def strip_wrappers(key: str) -> str:
     """A key without the prefixes that DataParallel, DistributedDataParallel and torch.compile add."""

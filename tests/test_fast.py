@@ -5,6 +5,8 @@ The norms run through the op's PyTorch implementation here, the path CPU users r
 """
 
 import copy
+import importlib.util
+import pathlib
 
 import pytest
 import torch
@@ -184,6 +186,7 @@ def test_empty_batch_gives_an_empty_output():
         assert fast(torch.randn(0, 3, 24, 24)).shape == (0, 3, 24, 24)
 
 
+@pytest.mark.slow  # a dynamo trace: torch.compile, without inductor
 @pytest.mark.parametrize("num_blocks", [2, 0])
 def test_fullgraph_trace_keeps_every_fused_norm(num_blocks):
     """23 norm sites at 9 blocks: 3 + 2 per block + 2, each one fastcyclegan op in the traced graph."""
@@ -216,6 +219,7 @@ def test_compiled_fullgraph_equals_eager_forward_and_backward(triton):
 
 
 @pytest.mark.cuda
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_cuda_parity_and_reduce_overhead(dtype, no_tf32):
     ref = Generator(3).cuda()  # 3 blocks: the same code paths as 9, a third of the compile time
@@ -227,21 +231,30 @@ def test_cuda_parity_and_reduce_overhead(dtype, no_tf32):
     assert check.passed, check
 
 
+def _bench_variants():
+    """bench/fcg_variants.py's VARIANTS (bench/ is no package: loaded from its file)."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "fcg_variants.py"
+    spec = importlib.util.spec_from_file_location("fcg_variants", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.VARIANTS
+
+
+@pytest.mark.parametrize("variant", ["stem8", "head8", "stem8+head8"])
 @pytest.mark.parametrize("size", [24, 64], ids=["nchw-path", "packed-path"])  # ngf 8: 2^15 stem outputs at 64
-def test_tensor_core_stem_and_head_candidates_change_nothing_but_speed(size):
-    """Zero input channels on the stem and zero output channels on the head (the GPU A/B candidates, off by
-    default) give the default's outputs and gradients."""
+def test_bench_variants_change_nothing_but_speed(size, variant):
+    """The GPU A/B candidates of bench/fcg_variants.py (zero input channels on the stem, zero output channels
+    on the head) give FastGenerator's outputs and gradients."""
     torch.manual_seed(0)
     ref = Generator(1, ngf=8).eval()
-    plain, padded = FastGenerator.from_module(ref), FastGenerator.from_module(ref)
-    assert plain.stem_channels is None and plain.head_channels is None
-    padded.stem_channels, padded.head_channels = 8, 8
+    plain, candidate = FastGenerator.from_module(ref), _bench_variants()[variant].from_module(ref)
+    assert type(candidate) is not FastGenerator and isinstance(candidate, FastGenerator)
     x = torch.rand(2, 3, size, size) * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(padded(x), plain(x), atol=1e-5, rtol=1e-5)
-    padded(x).square().sum().backward()
+        torch.testing.assert_close(candidate(x), plain(x), atol=1e-5, rtol=1e-5)
+    candidate(x).square().sum().backward()
     plain(x).square().sum().backward()
-    for (name, a), b in zip(padded.named_parameters(), plain.parameters()):
+    for (name, a), b in zip(candidate.named_parameters(), plain.parameters()):
         assert (a.grad is None) == (b.grad is None), name
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4, msg=name)

@@ -1,0 +1,45 @@
+"""Candidate FastGenerator variants for A/B timing on a GPU (`bench/ab.py --backends fast,fast:stem8,...`).
+
+They live here, not in the drop-in class: a candidate that wins its A/B moves into FastGenerator, the losers
+are deleted. Each variant keeps FastGenerator's outputs and gradients (tests/test_fast.py checks it).
+
+- stem8: the 3-channel input and the stem's weight zero-padded to 8 channels (the same sums), a channel count
+  that cuDNN's tensor-core kernels take; cuDNN's default for 3 channels is a slow "indexed" kernel.
+- head8: the head's weight and bias zero-padded to 8 output channels; the extra outputs are dropped.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastcyclegan import convs
+from fastcyclegan.fast import FastGenerator, norm_after
+
+CHANNELS = 8
+
+
+class Stem8(FastGenerator):
+    def _stem(self, x: Tensor) -> Tensor:
+        m, at = self.model, self.layout
+        stem = m[at.stem]
+        extra = max(0, CHANNELS - stem.in_channels)
+        x = F.pad(x, (0, 0, 0, 0, 0, extra))  # zero channels before the reflection pad: one copy for both
+        h = F.pad(x, (3, 3, 3, 3), mode="reflect").contiguous(memory_format=convs.activation_format(x, stem))
+        weight = F.pad(stem.weight, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=convs.weight_format(stem))
+        return norm_after(m, at.stem, stem._conv_forward(h, weight, None), relu=True)
+
+
+class Head8(FastGenerator):
+    def _head(self, head: nn.Conv2d, h: Tensor) -> Tensor:
+        extra = max(0, CHANNELS - head.out_channels)
+        weight = F.pad(head.weight, (0, 0, 0, 0, 0, 0, 0, extra)).contiguous(memory_format=convs.weight_format(head))
+        bias = None if head.bias is None else F.pad(head.bias, (0, extra))
+        return head._conv_forward(h, weight, bias)[:, : head.out_channels]
+
+
+class Stem8Head8(Stem8, Head8):
+    pass
+
+
+VARIANTS: dict[str, type[FastGenerator]] = {"stem8": Stem8, "head8": Head8, "stem8+head8": Stem8Head8}

@@ -1,0 +1,85 @@
+"""FastGenerator's convolutions and the device policy behind them.
+
+Which memory format activations and conv weights take for a device, dtype and network width; the CPU's
+pre-packed oneDNN weights (`onednn.py`); the transposed conv's layout; and convs run without the bias that the
+instance norm after them removes. FastGenerator's forward only walks the network and calls these.
+Measurements behind each rule: bench/results/TUNING.md ("CPU path").
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import onednn
+
+# below this many stem outputs per image (ngf * H * W) the pre-packed channels-last path's fixed cost per
+# layer outweighs what it saves (ngf 8 at 32x32: 1.78x eager's time against 1.32x NCHW; ngf 64 at 32x32:
+# 0.97x against 1.19x; bench/results/TUNING.md, CPU step 2)
+PACKED_MIN_STEM_OUTPUTS = 1 << 15
+
+
+def conv_memory_format(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
+    """The layout of activations and conv weights that runs fastest with plain weights: channels-last on GPUs
+    (cuDNN's NHWC kernels, no layout copies) and for half precision on a CPU (oneDNN's NCHW bf16 convs are
+    many times slower on CPUs without native bf16); NCHW for fp32 on a CPU (autograd, torch.compile), where
+    oneDNN's NCHW convs and the op's batch-norm path are faster. CPU fp32 inference runs channels-last on
+    pre-packed weights instead (`activation_format`)."""
+    if device.type == "cpu" and dtype in (torch.float32, torch.float64):
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def weight_format(conv: nn.Module) -> torch.memory_format:
+    """Conv weights follow `conv_memory_format`, but a transposed conv's weight is channels-last on a CPU in
+    fp32 too: oneDNN's deconvolution is a third faster with both it and its input channels-last."""
+    weight = conv.weight
+    if isinstance(conv, nn.ConvTranspose2d) and weight.device.type == "cpu" and weight.dtype == torch.float32:
+        return torch.channels_last
+    return conv_memory_format(weight.device, weight.dtype)
+
+
+def activation_format(x: Tensor, stem: nn.Conv2d) -> torch.memory_format:
+    """The layout of the network's activations for input x: channels-last where the convs run on oneDNN
+    pre-packed weights (CPU fp32 inference: `onednn.usable`) and the network is wide enough for it to pay,
+    else the weights' format."""
+    if x.shape[2] * x.shape[3] * stem.out_channels >= PACKED_MIN_STEM_OUTPUTS and onednn.usable(x, stem):
+        return torch.channels_last
+    return conv_memory_format(stem.weight.device, stem.weight.dtype)
+
+
+def _packed(h: Tensor, conv: nn.Module) -> bool:
+    """Whether conv(h) runs on oneDNN pre-packed weights: where `activation_format` chose channels-last
+    activations for them and `onednn.usable` allows it."""
+    return h.is_contiguous(memory_format=torch.channels_last) and onednn.usable(h, conv)
+
+
+def _transposed(conv: nn.ConvTranspose2d, h: Tensor) -> Tensor:
+    """conv(h) without its bias, in the layout of h's activations (h may be a padded tensor's interior: its
+    channel stride tells), with input and weight channels-last for oneDNN on a CPU."""
+    nchw = h.stride(1) != 1 or h.shape[1] == 1
+    h = h.contiguous(memory_format=weight_format(conv))
+    z = F.conv_transpose2d(h, conv.weight, None, conv.stride, conv.padding, conv.output_padding, conv.groups,
+                           conv.dilation)  # fmt: skip
+    return z.contiguous() if nchw else z
+
+
+def conv_without_bias(conv: nn.Conv2d | nn.ConvTranspose2d, h: Tensor) -> Tensor:
+    """conv(h) without its bias. Every conv but the head feeds an instance norm, which removes a per-channel
+    constant exactly: IN(z + b) = IN(z), affine or not. So the add is wasted work (on cuDNN's channels-last
+    path a kernel of its own per conv); the parameter and its key stay, and its gradient, zero in exact
+    arithmetic in the reference too, is left None."""
+    if isinstance(conv, nn.ConvTranspose2d):
+        return _transposed(conv, h)
+    if _packed(h, conv):
+        return onednn.conv2d(conv, h, None)
+    return conv._conv_forward(h, conv.weight, None)
+
+
+def conv_with_bias(conv: nn.Conv2d, h: Tensor) -> Tensor:
+    """conv(h) as the module computes it (the head, whose bias no norm removes), on pre-packed weights where
+    that runs."""
+    if _packed(h, conv):
+        return onednn.conv2d(conv, h, conv.bias)
+    return conv(h)
