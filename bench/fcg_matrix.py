@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fastcyclegan.backends import BACKENDS, DEFAULT_BACKENDS, DTYPES
+from fastcyclegan.devices import default_device
 
 BLOCKS_FOR_SIZE = {128: 6, 256: 9, 512: 9}  # the paper: 6 blocks for 128x128, 9 for 256x256 and larger
 
@@ -37,7 +38,7 @@ MODES = ("infer", "train")
 
 
 def bench_device(config) -> torch.device:
-    name = config.getoption("--fcg-device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    name = config.getoption("--fcg-device") or str(default_device())
     try:
         device = torch.device(name)
     except RuntimeError as err:

@@ -19,6 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from fastcyclegan import Generator
 from fastcyclegan.backends import BACKENDS, DTYPES, build_backend
+from fastcyclegan.devices import default_device
 from fastcyclegan.measure import synchronize
 
 LAYOUT_WORDS = ("copy", "contiguous", "pad", "nchwtonhwc", "nhwctonchw", "nchw2nhwc", "nhwc2nchw")
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     parser.add_argument("--trace", help="also write a Chrome trace here")
     args = parser.parse_args(argv)
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     cuda = device.type == "cuda"
     torch.manual_seed(0)
     reference = Generator(blocks_for(args.size), ngf=args.ngf).eval()

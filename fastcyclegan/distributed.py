@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .devices import default_device
+
 
 class JobFailed(RuntimeError):
     """Another process of the job (or this one) could not start or finish; the message says which and why."""
@@ -46,7 +48,7 @@ class Job:
     def device(self, name: str) -> str:
         """The device this process runs on: `auto` and `cuda` become cuda:LOCAL_RANK (one GPU per process)
         when CUDA is there; an explicit cuda:N or cpu is kept."""
-        if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if name == "cuda" or (name == "auto" and default_device().type == "cuda"):
             return f"cuda:{self.local_rank}"
         return name
 

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import math
 import platform
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -34,12 +35,6 @@ def rms_error(out: Tensor, expected: Tensor) -> float:
     return (out.double() - expected.double()).pow(2).mean().sqrt().item()
 
 
-def _median(values) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 @dataclass(frozen=True)
 class Parity:
     """RMS errors against float64 of the candidate and of the reference, one per seed, and the verdict."""
@@ -49,11 +44,11 @@ class Parity:
 
     @property
     def error(self) -> float:
-        return _median(self.errors)
+        return statistics.median(self.errors)
 
     @property
     def reference_error(self) -> float:
-        return _median(self.reference_errors)
+        return statistics.median(self.reference_errors)
 
     @property
     def passed(self) -> bool:
@@ -127,7 +122,7 @@ def _median_seconds(fn, device: torch.device, rounds: int) -> float:
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return statistics.median(times)
 
 
 @functools.cache

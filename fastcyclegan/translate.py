@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .backends import DTYPES, build_backend
+from .devices import default_device
 from .loader import load_generator
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -181,7 +182,7 @@ def remove_stale_temporaries(outputs: list[Path]) -> int:
     return removed
 
 
-def check_output_dir(input_dir: Path, output_dir: Path, overwrite: bool) -> None:
+def check_output_dir(input_dir: Path, output_dir: Path) -> None:
     """Before the model is loaded: the output folder is not the input and can be written (it, or the
     nearest folder above it that exists, since the writers create the rest); nothing is created here."""
     if output_dir.exists() and not output_dir.is_dir():
@@ -200,7 +201,7 @@ def check_output_dir(input_dir: Path, output_dir: Path, overwrite: bool) -> None
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but no CUDA device is available")
     return torch.device(name)
@@ -253,7 +254,7 @@ def plan_translation(
     dtype_name = ("bf16" if target.type == "cuda" else "fp32") if dtype == "auto" else dtype
     if dtype_name not in DTYPES:
         raise ValueError(f"--dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
-    check_output_dir(input_dir, output_dir, overwrite)
+    check_output_dir(input_dir, output_dir)
     images = find_images(input_dir, exclude=output_dir)
     if not images:
         raise FileNotFoundError(f"no PNG or JPEG images under '{input_dir}'")
