@@ -1,7 +1,6 @@
 """bench/gpu_check.sh in its CPU smoke mode (the one run of the bench suites in `make test`), and
 fastcyclegan report on the JSON it wrote and on every kind of bad input."""
 
-import fcntl
 import json
 import os
 import pathlib
@@ -19,61 +18,42 @@ from fastcyclegan.measure import GENERATOR_SUITE
 from fastcyclegan.report import CSV_COLUMNS, ReportError, find_result_files, report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def gpu_check_smoke(tmp_path_factory, worker_id):
-    """(its $OUT folder, the finished process) of `bench/gpu_check.sh` in its CPU smoke mode, run once per
-    test run: the one run of the bench suites in `make test`. Under pytest-xdist the first worker that needs
-    it runs it while holding a lock, and the others read what it left."""
-    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    out, record = shared / "gpu_check", shared / "gpu_check.json"
-    with open(shared / "gpu_check.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not record.exists():
-            out.mkdir(exist_ok=True)
-            # as on the GPU machine: the script's processes choose for themselves (no TRITON_INTERPRET), and
-            # they are no pytest-xdist workers (pytest-benchmark turns itself off in one: no JSON)
-            env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST_")}
-            env.update(FCG_SMOKE="1", OUT=str(out), PYTHON=sys.executable)
-            done = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True,
-                                  text=True, timeout=600)  # fmt: skip
-            record.write_text(json.dumps({"returncode": done.returncode, "stdout": done.stdout, "stderr": done.stderr}))
-    result = json.loads(record.read_text())
-    return out, subprocess.CompletedProcess(["bash", "bench/gpu_check.sh"], **result)
+DATA = ROOT / "tests" / "data"
 
 
 @pytest.mark.slow
-def test_gpu_check_smoke_runs_every_phase(gpu_check_smoke):
-    """Every phase runs and exits 0, $OUT holds at most the 8 files the device tool returns, and the
-    comparison table is printed last."""
-    tmp_path, done = gpu_check_smoke
+def test_gpu_check_smoke_runs_every_phase(tmp_path):
+    """bench/gpu_check.sh in its CPU smoke mode, the one run of the bench suites in `make test`, end to end
+    into the report: every phase runs and exits 0, $OUT holds at most the 8 files the device tool returns, and
+    the comparison table (inference and training rows) is printed last."""
+    # as on the GPU machine: the script's processes choose for themselves (no TRITON_INTERPRET), and they are
+    # no pytest-xdist workers (pytest-benchmark turns itself off in one: no JSON)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST_")}
+    env.update(FCG_SMOKE="1", OUT=str(tmp_path), PYTHON=sys.executable)
+    done = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
     out = done.stdout
     exits = re.findall(r"=== (\w+): exit (\d+) after", out)
     assert [name for name, _ in exits] == [
-        "cuda_tests", "generator_b16", "generator_b1", "train", "ab_stem_head", "kernel", "generator_fp32",
-        "profile_fast", "profile_eager_cl",
+        "setup", "generator_b16", "generator_b1", "train", "kernel", "ab_stem_head", "profile_fast", "cuda_kernels",
+        "report",
     ], out[-3000:]  # fmt: skip
     assert all(code == "0" for _, code in exits), out[-3000:]
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) <= 8, files
-    assert {"report.md", "log.txt", "train_bf16.json", "ab_stem_head.json"} <= set(files)
-    assert "fast:stem_channels=8+head_channels=8" in out  # the A/B's table
+    assert {"report.md", "log.txt", "train_bf16.json", "ab_stem_head.json", "generator_b16_bf16.json"} <= set(files)
+    assert "fast:stem8+head8" in out  # the A/B's table
     assert out.rstrip().endswith(tmp_path.joinpath("report.md").read_text().rstrip()[-200:])
-    assert "| eager |" in out.split("=== comparison table ===")[-1]
+    table = out.split("=== comparison table ===")[-1]
+    assert "| eager |" in table and "| infer |" in table and "| train |" in table
 
 
-@pytest.fixture(scope="module")
-def suite_json(gpu_check_smoke, tmp_path_factory):
-    """What the benchmark suites themselves wrote (gpu_check.sh's smoke run): the fp32 generator phase (three
-    backends, plain and affine norms) and the kernel phase, merged into one pytest-benchmark file."""
-    out_dir, done = gpu_check_smoke
-    generator = json.loads((out_dir / "generator_b16_fp32.json").read_text())
-    kernel = json.loads((out_dir / "kernel_bf16.json").read_text())
-    generator["benchmarks"] += kernel["benchmarks"]
-    merged = tmp_path_factory.mktemp("bench") / "run.json"
-    merged.write_text(json.dumps(generator))
-    return merged
+@pytest.fixture
+def suite_json():
+    """What the benchmark suites wrote in a real CPU run (trimmed, committed): the smoke matrix's fp32 generator
+    results for eager, eager_cl and fast with plain and affine norms, its kernel results, and bf16 training
+    steps of eager and fast. tests/data/README.md says how it was made."""
+    return DATA / "bench-cpu-smoke.json"
 
 
 def test_csv_from_the_suite_has_the_promised_columns(suite_json, tmp_path):
@@ -82,6 +62,7 @@ def test_csv_from_the_suite_has_the_promised_columns(suite_json, tmp_path):
     assert problems == []
     df = pd.read_csv(csv)
     assert list(df.columns) == CSV_COLUMNS
+    df = df[df["mode"] == "infer"]
     assert sorted(zip(df.norm, df.backend)) == [
         (n, b) for n in ("affine", "plain") for b in ("eager", "eager_cl", "fast")
     ]
@@ -93,7 +74,8 @@ def test_csv_from_the_suite_has_the_promised_columns(suite_json, tmp_path):
     assert fast.speedup_vs_eager == pytest.approx(fast.img_per_s / eager.img_per_s)
     assert df.parity_err.notna().all() and df.device.str.startswith("CPU").all()
     assert df.cudnn_benchmark.isna().all()  # recorded per row; no cuDNN on a CPU
-    assert "| device | size | batch | dtype | norm | eager | eager_cl | fast |" in text and md.read_text() == text
+    assert md.read_text() == text
+    assert "| device | mode | size | batch | dtype | norm | eager | eager_cl | fast |" in text
     assert "IN+ReLU GB/s" in text and (tmp_path / "out.kernels.csv").exists()
     assert png.read_bytes()[:4] == b"\x89PNG"
 
@@ -117,7 +99,7 @@ def test_cli_writes_csv_and_reports_bad_files_but_keeps_the_good(suite_json, tmp
     code = main(["report", str(suite_json), str(tmp_path / "corrupt.json"), str(tmp_path / "other.json"),
                  "--csv", str(csv)])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 1 and csv.exists() and len(pd.read_csv(csv)) == 6
+    assert code == 1 and csv.exists() and len(pd.read_csv(csv)) == 8  # 6 inference and 2 training results
     assert "corrupt.json: cannot be read as JSON" in err
     assert "other.json: holds no fastcyclegan benchmark results" in err
 
@@ -184,7 +166,7 @@ def test_a_bad_result_is_named_and_skipped_and_the_rest_reported(suite_json, tmp
     assert main(["report", str(bad), "--csv", str(csv)]) == 1
     err = capsys.readouterr().err
     assert "bad.json: result 'test_generator[" in err and why in err and "Traceback" not in err
-    assert len(pd.read_csv(csv)) == 5  # the other five generator results
+    assert len(pd.read_csv(csv)) == 7  # the other seven generator results
 
 
 def test_deeply_nested_json_is_a_bad_file_not_a_crash(suite_json, tmp_path, capsys):
@@ -202,11 +184,11 @@ def test_two_machines_with_one_device_name_keep_both_sets_of_rows(suite_json, tm
     csv = tmp_path / "out.csv"
     text, problems = report([a, b], csv)
     df = pd.read_csv(csv)
-    assert problems == [] and len(df) == 12 and sorted(df.machine.unique()) == ["node-a", "node-b"]
+    assert problems == [] and len(df) == 16 and sorted(df.machine.unique()) == ["node-a", "node-b"]
     assert "(node-a)" in text and "(node-b)" in text  # several machines: each row names its machine
     again = _with(suite_json, tmp_path, "a2.json", on("node-a"))  # one node name, two files: said, not silent
     _, problems = report([a, again], csv)
-    assert len(problems) == 6 + 4 and all("superseded by the one in" in p and "a2.json" in p for p in problems)
+    assert len(problems) == 8 + 4 and all("superseded by the one in" in p and "a2.json" in p for p in problems)
 
 
 def test_device_names_cannot_inject_formulas_or_break_the_table(suite_json, tmp_path):
@@ -307,12 +289,11 @@ def test_bench_options_are_usage_errors_before_anything_runs():
     assert "Traceback" not in done.stderr + done.stdout
 
 
-def test_training_steps_are_reported_with_their_mode(gpu_check_smoke, tmp_path):
-    """The smoke run's train phase (eager and fast: a generator step with gradient parity) beside its
-    inference rows: speedups compare like with like, and the markdown names the mode."""
-    out_dir, _ = gpu_check_smoke
+def test_training_steps_are_reported_with_their_mode(suite_json, tmp_path):
+    """Training steps (eager and fast: a generator step with gradient parity) beside inference rows: speedups
+    compare like with like, and the markdown names the mode."""
     csv = tmp_path / "out.csv"
-    text, problems = report([out_dir / "train_bf16.json", out_dir / "generator_b16_fp32.json"], csv)
+    text, problems = report([suite_json], csv)
     df = pd.read_csv(csv)
     train = df[df["mode"] == "train"].set_index("backend")
     assert problems == [] and sorted(train.index) == ["eager", "fast"]

@@ -161,7 +161,7 @@ def test_affine_generator_round_trip_and_gradients():
         lambda: MainResGenerator(),
         lambda: nn.Sequential(Generator(2, ngf=8)),
         lambda: nn.DataParallel(PublicResnetGenerator(ngf=8, n_blocks=2)),
-        lambda: torch.compile(_learned_affine(ThirdPartyGenerator(num_blocks=2))),
+        pytest.param(lambda: torch.compile(_learned_affine(ThirdPartyGenerator(num_blocks=2))), marks=pytest.mark.slow),
     ],
     ids=["main-res-names", "sequential-wrapped", "dataparallel", "torch-compile-wrapper"],
 )
