@@ -68,8 +68,10 @@ def main(argv=None) -> int:
                 seconds[name].append(time.perf_counter() - start)
     first = statistics.median(seconds[names[0]])
     facts = device_facts(device)
-    print(f"{facts['device']}, torch {facts['torch']}, {args.size}x{args.size} batch {args.batch} {args.dtype}, "
-          f"{args.rounds} interleaved rounds:")  # fmt: skip
+    print(
+        f"{facts['device']}, torch {facts['torch']}, {args.size}x{args.size} batch {args.batch} {args.dtype}, "
+        f"{args.rounds} interleaved rounds:"
+    )
     for name in names:
         median = statistics.median(seconds[name])
         print(f"  {name:36s} {median * 1e3:10.1f} ms  {args.batch / median:8.2f} img/s  {median / first:5.2f}x time")
@@ -83,8 +85,9 @@ def _build(name: str, reference, device, dtype, example, parser) -> Backend:
     """The backend `name`, or for 'fast:VARIANT' that FastGenerator candidate run eagerly."""
     base, _, variant = name.partition(":")
     if base not in BACKENDS or (variant and (base != "fast" or variant not in VARIANTS)):
-        parser.error(f"{name}: expected one of {', '.join(BACKENDS)} or fast:VARIANT with VARIANT one of "
-                     f"{', '.join(VARIANTS)}")  # fmt: skip
+        parser.error(
+            f"{name}: expected one of {', '.join(BACKENDS)} or fast:VARIANT with VARIANT one of {', '.join(VARIANTS)}"
+        )
     if not variant:
         return build_backend(name, reference, device=device, dtype=dtype, example=example)
     module = VARIANTS[variant].from_module(reference).to(device=device, dtype=dtype).eval()

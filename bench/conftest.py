@@ -18,8 +18,12 @@ from fastcyclegan.measure import ceilings, device_facts, tf32_off
 def pytest_addoption(parser):
     group = parser.getgroup("fastcyclegan", "fastcyclegan benchmark matrix")
     group.addoption("--fcg-device", default=None, help="cuda or cpu (default: cuda when available)")
-    group.addoption("--fcg-backends", default=None, help=f"comma list out of {', '.join(DEFAULT_BACKENDS)}, "
-                    "compiled_max_autotune (default: all available but compiled_max_autotune)")  # fmt: skip
+    group.addoption(
+        "--fcg-backends",
+        default=None,
+        help=f"comma list out of {', '.join(DEFAULT_BACKENDS)}, "
+        "compiled_max_autotune (default: all available but compiled_max_autotune)",
+    )
     group.addoption("--fcg-sizes", default=None, help="comma list of square image sizes (CUDA: 256; CPU: 128,256)")
     group.addoption("--fcg-batches", default=None, help="comma list of batch sizes (CUDA: 1,16; CPU: 1,8)")
     group.addoption(
@@ -31,14 +35,23 @@ def pytest_addoption(parser):
         help="kernel bench shapes 'N,C,H,W;N,C,H,W' (CUDA: N in 1,8,32 x (256,64,64), (64,256,256))",
     )
     group.addoption("--fcg-rounds", type=int, default=None, help="timed rounds per case (CUDA: 30; CPU: 5)")
-    group.addoption("--fcg-norms", default="plain",
-                    help="comma list out of plain (the paper's norm) and affine (learned scale and shift)")  # fmt: skip
-    group.addoption("--fcg-mode", default="infer",
-                    help="comma list out of infer (forward, img/s) and train (one generator step: forward, "
-                         "backward, Adam; batches 1,4 on CUDA, 1 on a CPU unless --fcg-batches)")  # fmt: skip
-    group.addoption("--fcg-cudnn-benchmark", default="on", choices=["on", "off"],
-                    help="torch.backends.cudnn.benchmark for every backend alike on CUDA (default on; recorded "
-                         "in each result)")  # fmt: skip
+    group.addoption(
+        "--fcg-norms",
+        default="plain",
+        help="comma list out of plain (the paper's norm) and affine (learned scale and shift)",
+    )
+    group.addoption(
+        "--fcg-mode",
+        default="infer",
+        help="comma list out of infer (forward, img/s) and train (one generator step: forward, "
+        "backward, Adam; batches 1,4 on CUDA, 1 on a CPU unless --fcg-batches)",
+    )
+    group.addoption(
+        "--fcg-cudnn-benchmark",
+        default="on",
+        choices=["on", "off"],
+        help="torch.backends.cudnn.benchmark for every backend alike on CUDA (default on; recorded in each result)",
+    )
     group.addoption("--fcg-ngf", type=int, default=64, help="generator width (64 in the paper)")
     group.addoption("--fcg-smoke", action="store_true", help="tiny matrix (32x32, ngf 8, batch 1, fp32) for CI")
 

@@ -9,8 +9,19 @@ from fcg_matrix import blocks_for
 from fastcyclegan.measure import GENERATOR_SUITE
 
 
-def record_generator_result(benchmark, *, mode: str, case: tuple, ngf: int, compile_mode, compile_s: float,
-                            check, gflop: float, device: torch.device, device_info: dict) -> None:  # fmt: skip
+def record_generator_result(
+    benchmark,
+    *,
+    mode: str,
+    case: tuple,
+    ngf: int,
+    compile_mode,
+    compile_s: float,
+    check,
+    gflop: float,
+    device: torch.device,
+    device_info: dict,
+) -> None:
     """case = (backend, size, batch, dtype name, norm); gflop per image of what one timed call computes."""
     backend, size, batch, dtype_name, norm = case
     info = {

@@ -63,13 +63,17 @@ def main(argv=None) -> int:
             totals[event.name][1] += 1
     total = sum(t for t, _ in totals.values()) or 1.0
     unit = "CUDA" if cuda else "CPU"
-    print(f"{args.backend} {args.size}x{args.size} batch {args.batch} {args.dtype} on {device}: "
-          f"{total / 1e3:.2f} ms of {unit} time in {sum(n for _, n in totals.values())} kernels")  # fmt: skip
+    print(
+        f"{args.backend} {args.size}x{args.size} batch {args.batch} {args.dtype} on {device}: "
+        f"{total / 1e3:.2f} ms of {unit} time in {sum(n for _, n in totals.values())} kernels"
+    )
     for name, (us, count) in sorted(totals.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"{100 * us / total:6.1f}%  {us / 1e3:8.3f} ms  x{count:<4d} {name[:110]}")
     layout = {n: c for n, (_, c) in totals.items() if any(w in n.lower() for w in LAYOUT_WORDS)}
-    print(f"layout/pad kernels: {sum(layout.values())} launches"
-          + "".join(f"\n  x{c:<4d} {n[:110]}" for n, c in sorted(layout.items(), key=lambda kv: -kv[1])))  # fmt: skip
+    print(
+        f"layout/pad kernels: {sum(layout.values())} launches"
+        + "".join(f"\n  x{c:<4d} {n[:110]}" for n, c in sorted(layout.items(), key=lambda kv: -kv[1]))
+    )
     return 0
 
 

@@ -90,6 +90,15 @@ def test_generator(benchmark, case, fcg, device_info):
         torch.cuda.reset_peak_memory_stats(device)
     benchmark.pedantic(forward, rounds=fcg["rounds"], iterations=1, warmup_rounds=0)
     gflop = generator_gflop(size, blocks_for(size), ngf)
-    record_generator_result(benchmark, mode="infer", case=case, ngf=ngf, compile_mode=backend.compile_mode,
-                            compile_s=compile_s, check=check, gflop=gflop, device=device,
-                            device_info=device_info)  # fmt: skip
+    record_generator_result(
+        benchmark,
+        mode="infer",
+        case=case,
+        ngf=ngf,
+        compile_mode=backend.compile_mode,
+        compile_s=compile_s,
+        check=check,
+        gflop=gflop,
+        device=device,
+        device_info=device_info,
+    )

@@ -74,10 +74,18 @@ def test_instance_norm_relu(benchmark, kernel_case, fcg, device_info):
     seconds, timing = _kernel_seconds(fn, x, device)
     moved = 2 * x.numel() * x.element_size()
     impl = ("triton" if ops.use_triton(x) else "pytorch fallback") if name == "fused" else "aten"
-    info = {"suite": KERNEL_SUITE, "variant": name, "impl": impl, "shape": "x".join(map(str, shape)),
-            "dtype": dtype_name, "bytes": moved, "parity_err": check.error,
-            "parity_ref_err": check.reference_error, "timing": timing,
-            **device_info}  # fmt: skip
+    info = {
+        "suite": KERNEL_SUITE,
+        "variant": name,
+        "impl": impl,
+        "shape": "x".join(map(str, shape)),
+        "dtype": dtype_name,
+        "bytes": moved,
+        "parity_err": check.error,
+        "parity_ref_err": check.reference_error,
+        "timing": timing,
+        **device_info,
+    }
     if seconds is None and benchmark.stats is not None:
         seconds = benchmark.stats.stats.median
     if seconds is not None:

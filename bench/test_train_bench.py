@@ -33,14 +33,18 @@ def pytest_generate_tests(metafunc):
         return
     m = matrix(metafunc.config)
     backends = [b for b in m["backends"] if b in TRAIN_BACKENDS]
-    cases = [] if "train" not in m["modes"] else [
-        pytest.param((backend, size, batch, dtype, norm), id=f"train-{backend}-{size}px-b{batch}-{dtype}-{norm}")
-        for norm in m["norms"]
-        for dtype in m["dtypes"]
-        for size in m["sizes"]
-        for batch in m["train_batches"]
-        for backend in backends
-    ]  # fmt: skip
+    cases = (
+        []
+        if "train" not in m["modes"]
+        else [
+            pytest.param((backend, size, batch, dtype, norm), id=f"train-{backend}-{size}px-b{batch}-{dtype}-{norm}")
+            for norm in m["norms"]
+            for dtype in m["dtypes"]
+            for size in m["sizes"]
+            for batch in m["train_batches"]
+            for backend in backends
+        ]
+    )
     metafunc.parametrize("train_case", cases)
 
 
@@ -111,6 +115,15 @@ def test_train_step(benchmark, train_case, fcg, device_info):
         torch.cuda.reset_peak_memory_stats(device)
     benchmark.pedantic(step, rounds=fcg["rounds"], iterations=1, warmup_rounds=0)
     gflop = 3 * generator_gflop(size, blocks_for(size), ngf)  # forward + backward (inputs and weights)
-    record_generator_result(benchmark, mode="train", case=train_case, ngf=ngf, compile_mode=backend.compile_mode,
-                            compile_s=compile_s, check=check, gflop=gflop, device=device,
-                            device_info=device_info)  # fmt: skip
+    record_generator_result(
+        benchmark,
+        mode="train",
+        case=train_case,
+        ngf=ngf,
+        compile_mode=backend.compile_mode,
+        compile_s=compile_s,
+        check=check,
+        gflop=gflop,
+        device=device,
+        device_info=device_info,
+    )

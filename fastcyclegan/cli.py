@@ -56,9 +56,16 @@ def _translate(args) -> int:
 
 def _options(args) -> dict:
     return dict(
-        size=args.size, batch_size=args.batch_size, dtype=args.dtype, device=args.device, backend=args.backend,
-        overwrite=args.overwrite, workers=args.workers, progress=not args.quiet, key=args.key,
-    )  # fmt: skip
+        size=args.size,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+        backend=args.backend,
+        overwrite=args.overwrite,
+        workers=args.workers,
+        progress=not args.quiet,
+        key=args.key,
+    )
 
 
 def _translate_alone(args) -> int:
@@ -90,8 +97,9 @@ def _translate_in_job(args, job) -> int:
         plan, problem = None, None
         options = _options(args) | dict(device=job.device(args.device), progress=not args.quiet and job.rank == 0)
         try:
-            plan = plan_translation(args.checkpoint, args.input_dir, args.output_dir, shard=(job.rank, job.world_size),
-                                    **options)  # fmt: skip
+            plan = plan_translation(
+                args.checkpoint, args.input_dir, args.output_dir, shard=(job.rank, job.world_size), **options
+            )
         except (FileNotFoundError, ValueError, RuntimeError) as err:
             problem = str(err)
         job.agree(problem)  # all start, or none does
@@ -122,14 +130,19 @@ def _translate_in_job(args, job) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastcyclegan", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("report", help="benchmark JSON -> CSV / markdown / plot comparison tables",
-                         epilog="exit status: 0 all read and written, 1 written but some files or results "
-                                "skipped (named), 2 nothing readable or an output that cannot be written")  # fmt: skip
-    rep.add_argument("sources", nargs="*", type=Path,
-                     help="pytest-benchmark storage folders (newest run per machine) or JSON files "
-                          "(default: .benchmarks)")  # fmt: skip
-    rep.add_argument("--csv", type=Path,
-                     help="long-form CSV, one row per result; - for standard output")  # fmt: skip
+    rep = sub.add_parser(
+        "report",
+        help="benchmark JSON -> CSV / markdown / plot comparison tables",
+        epilog="exit status: 0 all read and written, 1 written but some files or results "
+        "skipped (named), 2 nothing readable or an output that cannot be written",
+    )
+    rep.add_argument(
+        "sources",
+        nargs="*",
+        type=Path,
+        help="pytest-benchmark storage folders (newest run per machine) or JSON files (default: .benchmarks)",
+    )
+    rep.add_argument("--csv", type=Path, help="long-form CSV, one row per result; - for standard output")
     rep.add_argument("--markdown", type=Path, help="markdown table, one column per backend")
     rep.add_argument("--plot", type=Path, help="bar chart PNG (needs matplotlib: the `plot` extra)")
     rep.add_argument("--print", action="store_true", help="also print the markdown table")
@@ -137,27 +150,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .backends import BACKENDS
 
-    tr = sub.add_parser("translate", help="run a generator checkpoint over a folder of images",
-                        epilog="exit status: 0 every input translated or already there, 1 some inputs failed "
-                               "(each named), 2 nothing done (bad arguments, checkpoint or output folder), "
-                               "130 interrupted")  # fmt: skip
+    tr = sub.add_parser(
+        "translate",
+        help="run a generator checkpoint over a folder of images",
+        epilog="exit status: 0 every input translated or already there, 1 some inputs failed "
+        "(each named), 2 nothing done (bad arguments, checkpoint or output folder), "
+        "130 interrupted",
+    )
     tr.add_argument("checkpoint", type=Path, help="a ResNet generator checkpoint (public layout or trained elsewhere)")
     tr.add_argument("input_dir", type=Path, help="folder of PNG/JPEG images (searched recursively)")
     tr.add_argument("output_dir", type=Path, help="PNGs are written here under the inputs' relative names")
     tr.add_argument("--size", type=int, default=256, help="images are resized to size x size (default 256)")
     tr.add_argument("--batch-size", type=int, default=16, help="images per forward (default 16)")
-    tr.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                    help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)")  # fmt: skip
+    tr.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="compute dtype (auto: bf16 on CUDA, fp32 on CPU)",
+    )
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (auto: cuda when available)")
-    tr.add_argument("--backend", default="fast", choices=[b for b in BACKENDS if b != "tensorrt"],
-                    help="generator backend (default fast)")  # fmt: skip
+    tr.add_argument(
+        "--backend",
+        default="fast",
+        choices=[b for b in BACKENDS if b != "tensorrt"],
+        help="generator backend (default fast)",
+    )
     tr.add_argument("--key", default=None, help="which state dict of a checkpoint that holds several (netG_A, a/b)")
     tr.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: skip them)")
     tr.add_argument("--workers", type=int, default=None, help="image decoding processes (default min(4, CPUs))")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
-    tr.add_argument("--dist-timeout", type=float, default=600.0,
-                    help="under torchrun: seconds a process waits for the others at the start and the end "
-                         "before the job fails (default 600)")  # fmt: skip
+    tr.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        help="under torchrun: seconds a process waits for the others at the start and the end "
+        "before the job fails (default 600)",
+    )
     tr.set_defaults(func=_translate)
     return parser
 

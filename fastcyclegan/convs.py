@@ -60,8 +60,9 @@ def _transposed(conv: nn.ConvTranspose2d, h: Tensor) -> Tensor:
     channel stride tells), with input and weight channels-last for oneDNN on a CPU."""
     nchw = h.stride(1) != 1 or h.shape[1] == 1
     h = h.contiguous(memory_format=weight_format(conv))
-    z = F.conv_transpose2d(h, conv.weight, None, conv.stride, conv.padding, conv.output_padding, conv.groups,
-                           conv.dilation)  # fmt: skip
+    z = F.conv_transpose2d(
+        h, conv.weight, None, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation
+    )
     return z.contiguous() if nchw else z
 
 

@@ -31,7 +31,7 @@ def _batch_norm_planes(z: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor
     mean, rstd = z.new_empty(n * c), z.new_empty(n * c)
     torch.ops.aten.native_batch_norm.out(
         planes, weight, bias, None, None, True, 0.0, eps, out=z.view(1, n * c, h, w), save_mean=mean, save_invstd=rstd
-    )  # fmt: skip
+    )
     return mean.view(n, c), rstd.view(n, c)
 
 
@@ -51,7 +51,7 @@ def _batch_norm_images(z: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor
         torch.sub(x[i : i + 1], anchor[i : i + 1], out=shifted)
         torch.ops.aten.native_batch_norm.out(
             shifted, weight, bias, None, None, True, 0.0, eps, out=z[i : i + 1], save_mean=mean[i], save_invstd=rstd[i]
-        )  # fmt: skip
+        )
     return mean + anchor[:, :, 0, 0], rstd
 
 

@@ -67,6 +67,14 @@ def _packed_weight(conv: nn.Conv2d, h: Tensor) -> Tensor:
 def conv2d(conv: nn.Conv2d, h: Tensor, bias: Tensor | None) -> Tensor:
     """conv(h) with `bias` (None: without), in h's memory format; call only where `usable(h, conv)`."""
     return torch.ops.mkldnn._convolution_pointwise(
-        h, _packed_weight(conv, h), bias, list(conv.padding), list(conv.stride), list(conv.dilation), 1,
-        "none", [], "",
-    )  # fmt: skip
+        h,
+        _packed_weight(conv, h),
+        bias,
+        list(conv.padding),
+        list(conv.stride),
+        list(conv.dilation),
+        1,
+        "none",
+        [],
+        "",
+    )

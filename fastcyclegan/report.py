@@ -19,16 +19,54 @@ import pandas as pd
 from .measure import GENERATOR_SUITE, KERNEL_SUITE
 
 KEY = ["machine", "device", "mode", "size", "batch", "dtype", "norm"]
-CSV_COLUMNS = KEY[:2] + ["backend"] + KEY[2:] + [
-    "img_per_s", "ms_per_batch", "compile_s", "parity_err", "speedup_vs_eager",
-    "num_blocks", "ngf", "compile_mode", "cudnn_benchmark", "parity_ref_err", "peak_mem_mb", "tflop_s",
-    "compute_fraction",
-    "copy_gb_s", "matmul_bf16_tflop_s", "matmul_fp32_tflop_s",
-    "torch", "triton", "cuda", "driver", "datetime", "source",
-]  # fmt: skip
+CSV_COLUMNS = (
+    KEY[:2]
+    + ["backend"]
+    + KEY[2:]
+    + [
+        "img_per_s",
+        "ms_per_batch",
+        "compile_s",
+        "parity_err",
+        "speedup_vs_eager",
+        "num_blocks",
+        "ngf",
+        "compile_mode",
+        "cudnn_benchmark",
+        "parity_ref_err",
+        "peak_mem_mb",
+        "tflop_s",
+        "compute_fraction",
+        "copy_gb_s",
+        "matmul_bf16_tflop_s",
+        "matmul_fp32_tflop_s",
+        "torch",
+        "triton",
+        "cuda",
+        "driver",
+        "datetime",
+        "source",
+    ]
+)
 KERNEL_KEY = ["machine", "device", "variant", "shape", "dtype"]
-KERNEL_COLUMNS = ["machine", "device", "variant", "impl", "shape", "dtype", "gb_s", "copy_fraction", "us", "parity_err",
-                  "timing", "copy_gb_s", "torch", "triton", "datetime", "source"]  # fmt: skip
+KERNEL_COLUMNS = [
+    "machine",
+    "device",
+    "variant",
+    "impl",
+    "shape",
+    "dtype",
+    "gb_s",
+    "copy_fraction",
+    "us",
+    "parity_err",
+    "timing",
+    "copy_gb_s",
+    "torch",
+    "triton",
+    "datetime",
+    "source",
+]
 
 
 class ReportError(Exception):
@@ -54,11 +92,25 @@ def find_result_files(storage: Path) -> list[Path]:
 
 # what a timed row of each suite must hold to be reported: field -> accepted types
 _REQUIRED = {
-    GENERATOR_SUITE: {"backend": str, "device": str, "size": int, "batch": int, "dtype": str,
-                      "img_per_s": (int, float), "ms_per_batch": (int, float)},
-    KERNEL_SUITE: {"variant": str, "device": str, "shape": str, "dtype": str,
-                   "gb_s": (int, float), "copy_fraction": (int, float), "us": (int, float)},
-}  # fmt: skip
+    GENERATOR_SUITE: {
+        "backend": str,
+        "device": str,
+        "size": int,
+        "batch": int,
+        "dtype": str,
+        "img_per_s": (int, float),
+        "ms_per_batch": (int, float),
+    },
+    KERNEL_SUITE: {
+        "variant": str,
+        "device": str,
+        "shape": str,
+        "dtype": str,
+        "gb_s": (int, float),
+        "copy_fraction": (int, float),
+        "us": (int, float),
+    },
+}
 
 
 def _row_problem(info: dict) -> str | None:
@@ -115,8 +167,16 @@ def read_results(paths) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
             # files from before --fcg-norms / --fcg-mode: the paper's norm, inference
             norm = info.get("norm") if isinstance(info.get("norm"), str) else "plain"
             mode = info.get("mode") if isinstance(info.get("mode"), str) else "infer"
-            rows[info["suite"]].append({**info, "norm": norm, "mode": mode, "machine": machine,
-                                        "datetime": data.get("datetime"), "source": str(path)})  # fmt: skip
+            rows[info["suite"]].append(
+                {
+                    **info,
+                    "norm": norm,
+                    "mode": mode,
+                    "machine": machine,
+                    "datetime": data.get("datetime"),
+                    "source": str(path),
+                }
+            )
         if not found:
             problems.append(f"{path}: holds no fastcyclegan benchmark results (a file from another suite?)")
     return pd.DataFrame(rows[GENERATOR_SUITE]), pd.DataFrame(rows[KERNEL_SUITE]), problems
@@ -163,10 +223,12 @@ def _markdown_grid(header: list[str], rows: list[list[str]]) -> str:
 def _provenance(df: pd.DataFrame) -> list[str]:
     seen = df.drop_duplicates(subset=["machine", "device", "torch", "triton", "source"])
     return [
-        _cell(f"- {r.device} on {r.machine}: torch {r.torch}, triton {r.triton}, run {str(r.datetime)[:19]}, "
-              f"file `{r.source}`")
+        _cell(
+            f"- {r.device} on {r.machine}: torch {r.torch}, triton {r.triton}, run {str(r.datetime)[:19]}, "
+            f"file `{r.source}`"
+        )
         for r in seen.itertuples()
-    ]  # fmt: skip
+    ]
 
 
 def _device_labels(df: pd.DataFrame) -> dict:
@@ -256,11 +318,12 @@ def plot(gen: pd.DataFrame, path) -> None:
     rows["panel"] = [labels[m, d] for m, d in zip(rows.machine, rows.device)]
     devices = sorted(rows.panel.unique())
     backends = [b for b in _backend_order(rows.backend.unique()) if b != "eager"]
-    groups = {d: rows[rows.panel == d].pivot_table(index=KEY[2:], columns="backend", values="speedup_vs_eager")
-              for d in devices}  # fmt: skip
+    groups = {
+        d: rows[rows.panel == d].pivot_table(index=KEY[2:], columns="backend", values="speedup_vs_eager")
+        for d in devices
+    }
     widest = max((len(g) for g in groups.values()), default=1)
-    fig, axes = plt.subplots(len(devices), 1, figsize=(max(6.0, 1.6 * widest + 2), 3.6 * len(devices)),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(len(devices), 1, figsize=(max(6.0, 1.6 * widest + 2), 3.6 * len(devices)), squeeze=False)
     width = 0.8 / max(1, len(backends))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, device in zip(axes[:, 0], devices):
@@ -271,12 +334,16 @@ def plot(gen: pd.DataFrame, path) -> None:
                 continue
             xs = [p + (k - (len(backends) - 1) / 2) * width for p in positions]
             bars = ax.bar(xs, table[backend], width, label=backend, color=colors[k % len(colors)])
-            ax.bar_label(bars, labels=[f"{v:.2f}" if pd.notna(v) else "" for v in table[backend]], fontsize=7,
-                         padding=1)  # fmt: skip
+            ax.bar_label(
+                bars, labels=[f"{v:.2f}" if pd.notna(v) else "" for v in table[backend]], fontsize=7, padding=1
+            )
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-        ticks = [f"{size}x{size}, batch {batch}, {dtype}" + (f", {norm}" if norm != "plain" else "")
-                 + (", train step" if mode == "train" else "")
-                 for mode, size, batch, dtype, norm in table.index]  # fmt: skip
+        ticks = [
+            f"{size}x{size}, batch {batch}, {dtype}"
+            + (f", {norm}" if norm != "plain" else "")
+            + (", train step" if mode == "train" else "")
+            for mode, size, batch, dtype, norm in table.index
+        ]
         ax.set_xticks(list(positions), ticks)
         ax.set_ylabel("speedup vs eager (x)")
         ax.set_ylim(0, max(1.2, float(table.max().max()) * 1.18))

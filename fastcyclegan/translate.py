@@ -113,9 +113,11 @@ class Summary:
 
     def line(self) -> str:
         times = ", ".join(f"{k} {v:.2f} s" for k, v in self.stages.items())
-        return (f"translated {self.images} images in {self.seconds:.2f} s ({self.img_per_s:.1f} img/s), "
-                f"skipped {len(self.skipped)} existing, failed {len(self.failed)}; "
-                f"bound by {self.bound_by} ({times})")  # fmt: skip
+        return (
+            f"translated {self.images} images in {self.seconds:.2f} s ({self.img_per_s:.1f} img/s), "
+            f"skipped {len(self.skipped)} existing, failed {len(self.failed)}; "
+            f"bound by {self.bound_by} ({times})"
+        )
 
 
 def job_line(summaries: list[Summary]) -> str:
@@ -128,9 +130,11 @@ def job_line(summaries: list[Summary]) -> str:
         f"{rank}: {s.images} in {s.seconds:.2f} s ({s.img_per_s:.1f} img/s, bound by {s.bound_by})"
         for rank, s in enumerate(summaries)
     )
-    return (f"translated {images} images in {seconds:.2f} s ({rate:.1f} img/s) with {len(summaries)} processes, "
-            f"skipped {sum(len(s.skipped) for s in summaries)} existing, "
-            f"failed {sum(len(s.failed) for s in summaries)}; per process {each}")  # fmt: skip
+    return (
+        f"translated {images} images in {seconds:.2f} s ({rate:.1f} img/s) with {len(summaries)} processes, "
+        f"skipped {sum(len(s.skipped) for s in summaries)} existing, "
+        f"failed {sum(len(s.failed) for s in summaries)}; per process {each}"
+    )
 
 
 # errors after which no further write can succeed: stop instead of failing every remaining image
@@ -276,8 +280,9 @@ def plan_translation(
             todo.append(path)
         taken.add(out)
     remove_stale_temporaries(outputs)
-    run = build_backend(backend, generator, device=target, dtype=DTYPES[dtype_name],
-                        example=torch.zeros(batch_size, 3, size, size))  # fmt: skip
+    run = build_backend(
+        backend, generator, device=target, dtype=DTYPES[dtype_name], example=torch.zeros(batch_size, 3, size, size)
+    )
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     return Plan(run, target, DTYPES[dtype_name], size, batch_size, workers, progress, todo, outputs, summary)
 
@@ -292,9 +297,12 @@ def run_translation(plan: Plan) -> Summary:
     """Decode, compute and write every input of the plan; returns its summary."""
     run, todo, outputs, summary, batch_size = plan.run, plan.todo, plan.outputs, plan.summary, plan.batch_size
     loader = torch.utils.data.DataLoader(
-        _Images(todo, plan.size), batch_size=batch_size, num_workers=plan.workers, collate_fn=_collate,
+        _Images(todo, plan.size),
+        batch_size=batch_size,
+        num_workers=plan.workers,
+        collate_fn=_collate,
         pin_memory=plan.device.type == "cuda",
-    )  # fmt: skip
+    )
     n_writers = max(2, min(8, os.cpu_count() or 1))
     most_waiting = max(2 * batch_size, 4 * n_writers)  # decoded outputs held for the writers, at most
     bar = _progress(len(todo), plan.progress)

@@ -255,9 +255,15 @@ def _in_fwd_apply_kernel(
             src = _offsets(n64, h, w, c64, x_stride_n, x_stride_c, x_stride_h, x_stride_w)
             res = _offsets(n64, h, w, c64, res_stride_n, res_stride_c, res_stride_h, res_stride_w)
             out = _offsets(
-                n64, row.to(tl.int64)[:, None], col.to(tl.int64)[:, None], c64, y_stride_n, y_stride_c, y_stride_h,
+                n64,
+                row.to(tl.int64)[:, None],
+                col.to(tl.int64)[:, None],
+                c64,
+                y_stride_n,
+                y_stride_c,
+                y_stride_h,
                 y_stride_w,
-            )  # fmt: skip
+            )
         x = tl.load(x_ptr + src, mask=mask, other=0.0).to(tl.float32)
         y = ((x - shift[None, :]) - mean[None, :]) * rstd[None, :]
         if AFFINE:
@@ -375,8 +381,18 @@ def _plane_args(x: torch.Tensor, cfg: LaunchPlan) -> dict:
     """The (N, C, P) addressing, chunking and tiling arguments every plane kernel takes, by keyword."""
     n, c, h, w = x.shape
     stride_n, stride_c, stride_p = x.view(n, c, h * w).stride()
-    return dict(n_pos=h * w, n_channels=c, chunk=cfg.chunk, split=cfg.split, stride_n=stride_n, stride_c=stride_c,
-                stride_p=stride_p, BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)  # fmt: skip
+    return dict(
+        n_pos=h * w,
+        n_channels=c,
+        chunk=cfg.chunk,
+        split=cfg.split,
+        stride_n=stride_n,
+        stride_c=stride_c,
+        stride_p=stride_p,
+        BLOCK_P=cfg.block_p,
+        BLOCK_C=cfg.block_c,
+        num_warps=cfg.num_warps,
+    )
 
 
 def instance_norm_forward(
@@ -405,14 +421,34 @@ def instance_norm_forward(
     _in_fwd_stats_kernel[stats_plan.grid(n, c)](x_ptr=x, part_mean_ptr=part_mean, part_m2_ptr=part_m2, **stats_args)
     res = x if residual is None else residual  # a valid pointer even when HAS_RESIDUAL is off
     _in_fwd_apply_kernel[out_plan.grid(n, c)](
-        x_ptr=x, res_ptr=res, y_ptr=out, part_mean_ptr=part_mean, part_m2_ptr=part_m2, mean_ptr=mean, rstd_ptr=rstd,
-        height=h, width=w, n_channels=c, chunk=stats_plan.chunk, split=stats_plan.split, out_chunk=out_plan.chunk,
-        eps=eps, x_stride_p=stats_args["stride_p"], **_strides("x", x), **_strides("res", res), **_strides("y", out),
-        PAD=(out.shape[2] - h) // 2, FLAT=out.shape == x.shape and res.stride() == x.stride() == out.stride(),
-        RELU=relu, HAS_RESIDUAL=residual is not None, SPLIT_BLOCK=triton.next_power_of_2(stats_plan.split),
-        BLOCK_P=out_plan.block_p, BLOCK_C=out_plan.block_c, num_warps=out_plan.num_warps,
+        x_ptr=x,
+        res_ptr=res,
+        y_ptr=out,
+        part_mean_ptr=part_mean,
+        part_m2_ptr=part_m2,
+        mean_ptr=mean,
+        rstd_ptr=rstd,
+        height=h,
+        width=w,
+        n_channels=c,
+        chunk=stats_plan.chunk,
+        split=stats_plan.split,
+        out_chunk=out_plan.chunk,
+        eps=eps,
+        x_stride_p=stats_args["stride_p"],
+        **_strides("x", x),
+        **_strides("res", res),
+        **_strides("y", out),
+        PAD=(out.shape[2] - h) // 2,
+        FLAT=out.shape == x.shape and res.stride() == x.stride() == out.stride(),
+        RELU=relu,
+        HAS_RESIDUAL=residual is not None,
+        SPLIT_BLOCK=triton.next_power_of_2(stats_plan.split),
+        BLOCK_P=out_plan.block_p,
+        BLOCK_C=out_plan.block_c,
+        num_warps=out_plan.num_warps,
         **_affine_args(x, weight, bias),
-    )  # fmt: skip
+    )
     return mean, rstd
 
 
@@ -437,8 +473,17 @@ def instance_norm_backward(
     cfg = _plan_for(x, h * w)
     part_g = torch.empty((n, c, cfg.split), device=x.device, dtype=torch.float32)
     part_gx = torch.empty_like(part_g)
-    common = dict(dy_ptr=dy, x_ptr=x, mean_ptr=mean, rstd_ptr=rstd, part_g_ptr=part_g, part_gx_ptr=part_gx,
-                  RELU=relu, **_plane_args(x, cfg), **_affine_args(x, weight, bias))  # fmt: skip
+    common = dict(
+        dy_ptr=dy,
+        x_ptr=x,
+        mean_ptr=mean,
+        rstd_ptr=rstd,
+        part_g_ptr=part_g,
+        part_gx_ptr=part_gx,
+        RELU=relu,
+        **_plane_args(x, cfg),
+        **_affine_args(x, weight, bias),
+    )
     _in_bwd_reduce_kernel[cfg.grid(n, c)](**common)
     _in_bwd_apply_kernel[cfg.grid(n, c)](dx_ptr=dx, SPLIT_BLOCK=triton.next_power_of_2(cfg.split), **common)
     return dx, part_g.sum(dim=2), part_gx.sum(dim=2)

@@ -27,8 +27,17 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
 
 
-def generator_parity(reference: nn.Module, candidate, dtype: torch.dtype, shape, *, channels_last=False,
-                     seeds: int = PARITY_SEEDS, autocast: bool = False, device: str = "cpu") -> Parity:  # fmt: skip
+def generator_parity(
+    reference: nn.Module,
+    candidate,
+    dtype: torch.dtype,
+    shape,
+    *,
+    channels_last=False,
+    seeds: int = PARITY_SEEDS,
+    autocast: bool = False,
+    device: str = "cpu",
+) -> Parity:
     """The parity rule of fastcyclegan.measure (the benchmarks' gate) for `candidate` against `reference`.
 
     `candidate` is a module or callable already in `dtype` (or fp32 with autocast=True: both then run under
@@ -88,8 +97,9 @@ class PublicResnetBlock(nn.Module):
 class PublicResnetGenerator(nn.Module):
     """The public repository's ResnetGenerator with its options, built independently of fastcyclegan."""
 
-    def __init__(self, input_nc=3, output_nc=3, ngf=64, n_blocks=9, use_dropout=False, norm="instance",
-                 padding_type="reflect"):  # fmt: skip
+    def __init__(
+        self, input_nc=3, output_nc=3, ngf=64, n_blocks=9, use_dropout=False, norm="instance", padding_type="reflect"
+    ):
         super().__init__()
         if norm == "instance":
 
@@ -100,14 +110,20 @@ class PublicResnetGenerator(nn.Module):
         model = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, 7, padding=0), norm_layer(ngf), nn.ReLU(True)]
         for i in range(2):
             mult = 2**i
-            model += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1), norm_layer(ngf * mult * 2),
-                      nn.ReLU(True)]  # fmt: skip
+            model += [
+                nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1),
+                norm_layer(ngf * mult * 2),
+                nn.ReLU(True),
+            ]
         for _ in range(n_blocks):
             model += [PublicResnetBlock(ngf * 4, norm_layer, use_dropout, padding_type)]
         for i in range(2):
             mult = 2 ** (2 - i)
-            model += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
-                      norm_layer(ngf * mult // 2), nn.ReLU(True)]  # fmt: skip
+            model += [
+                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
+                norm_layer(ngf * mult // 2),
+                nn.ReLU(True),
+            ]
         model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, 7, padding=0), nn.Tanh()]
         self.model = nn.Sequential(*model)
 

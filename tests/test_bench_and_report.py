@@ -30,14 +30,22 @@ def test_gpu_check_smoke_runs_every_phase(tmp_path):
     # no pytest-xdist workers (pytest-benchmark turns itself off in one: no JSON)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST_")}
     env.update(FCG_SMOKE="1", OUT=str(tmp_path), PYTHON=sys.executable)
-    done = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    done = subprocess.run(
+        ["bash", "bench/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     out = done.stdout
     exits = re.findall(r"=== (\w+): exit (\d+) after", out)
     assert [name for name, _ in exits] == [
-        "setup", "generator_b16", "generator_b1", "train", "kernel", "ab_stem_head", "profile_fast", "cuda_kernels",
+        "setup",
+        "generator_b16",
+        "generator_b1",
+        "train",
+        "kernel",
+        "ab_stem_head",
+        "profile_fast",
+        "cuda_kernels",
         "report",
-    ], out[-3000:]  # fmt: skip
+    ], out[-3000:]
     assert all(code == "0" for _, code in exits), out[-3000:]
     files = sorted(p.name for p in tmp_path.iterdir())
     assert len(files) <= 8, files
@@ -96,8 +104,9 @@ def test_cli_writes_csv_and_reports_bad_files_but_keeps_the_good(suite_json, tmp
     (tmp_path / "corrupt.json").write_text('{"benchmarks": [')
     (tmp_path / "other.json").write_text(json.dumps({"benchmarks": [{"name": "test_x", "extra_info": {}}]}))
     csv = tmp_path / "out.csv"
-    code = main(["report", str(suite_json), str(tmp_path / "corrupt.json"), str(tmp_path / "other.json"),
-                 "--csv", str(csv)])  # fmt: skip
+    code = main(
+        ["report", str(suite_json), str(tmp_path / "corrupt.json"), str(tmp_path / "other.json"), "--csv", str(csv)]
+    )
     err = capsys.readouterr().err
     assert code == 1 and csv.exists() and len(pd.read_csv(csv)) == 8  # 6 inference and 2 training results
     assert "corrupt.json: cannot be read as JSON" in err
@@ -128,8 +137,9 @@ def test_only_bad_files_is_an_error_naming_them(tmp_path, capsys):
 
 
 def test_module_entry_point(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "fastcyclegan", "report", str(tmp_path / "none")],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "fastcyclegan", "report", str(tmp_path / "none")], capture_output=True, text=True
+    )
     assert done.returncode == 2 and "does not exist" in done.stderr
 
 
@@ -246,10 +256,21 @@ def _bench_matrix(**options):
     spec = importlib.util.spec_from_file_location("fcg_matrix", ROOT / "bench" / "fcg_matrix.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    values = {"--fcg-device": "cpu", "--fcg-backends": None, "--fcg-sizes": None, "--fcg-batches": None,
-              "--fcg-dtypes": None, "--fcg-kernel-shapes": None, "--fcg-rounds": None, "--fcg-ngf": 64,
-              "--fcg-smoke": False, "--fcg-norms": "plain", "--fcg-cudnn-benchmark": "on",
-              "--fcg-mode": "infer", **options}  # fmt: skip
+    values = {
+        "--fcg-device": "cpu",
+        "--fcg-backends": None,
+        "--fcg-sizes": None,
+        "--fcg-batches": None,
+        "--fcg-dtypes": None,
+        "--fcg-kernel-shapes": None,
+        "--fcg-rounds": None,
+        "--fcg-ngf": 64,
+        "--fcg-smoke": False,
+        "--fcg-norms": "plain",
+        "--fcg-cudnn-benchmark": "on",
+        "--fcg-mode": "infer",
+        **options,
+    }
 
     class Config:
         def getoption(self, name):
@@ -281,9 +302,26 @@ def test_bench_options_are_usage_errors_before_anything_runs():
     """One line and pytest's usage exit status (4), before collection; and CUDA asked for on a CPU machine."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     device = [] if torch.cuda.is_available() else ["--fcg-device", "cuda"]
-    done = subprocess.run([sys.executable, "-m", "pytest", "bench", "--collect-only", "-q", "-p", "no:cacheprovider",
-                           "--fcg-batches", "1,0", *device], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "bench",
+            "--collect-only",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--fcg-batches",
+            "1,0",
+            *device,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     message = "--fcg-device cuda: this machine has no CUDA device" if device else "--fcg-batches: expected"
     assert done.returncode == 4 and message in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr + done.stdout

@@ -176,15 +176,22 @@ except ValueError as err:
     "build, why",
     [
         # 2,000 one-element block keys and a stem expanded from one float: ~600 KB that once asked for 5.6 GB
-        (lambda: {"model.1.weight": torch.zeros(1).expand(64, 3, 7, 7), "model.1.bias": torch.zeros(64),
-                  **{f"model.{10 + i}.conv_block.1.weight": torch.zeros(1) for i in range(2000)}},
-         "no layer of a ResNet generator"),
+        (
+            lambda: {
+                "model.1.weight": torch.zeros(1).expand(64, 3, 7, 7),
+                "model.1.bias": torch.zeros(64),
+                **{f"model.{10 + i}.conv_block.1.weight": torch.zeros(1) for i in range(2000)},
+            },
+            "no layer of a ResNet generator",
+        ),
         # a stem of 20,000 x 3 x 7 x 7 over 4 stored bytes (28.8 GB declared)
-        (lambda: {"model.1.weight": torch.zeros(1).expand(20000, 3, 7, 7), "model.1.bias": torch.zeros(20000)},
-         "expanded tensor under 'model.1.weight'"),
+        (
+            lambda: {"model.1.weight": torch.zeros(1).expand(20000, 3, 7, 7), "model.1.bias": torch.zeros(20000)},
+            "expanded tensor under 'model.1.weight'",
+        ),
     ],
     ids=["many-blocks", "wide-stem"],
-)  # fmt: skip
+)
 def test_checkpoint_bombs_are_refused_under_a_4_gib_address_limit(tmp_path, build, why):
     path = tmp_path / "bomb.pth"
     torch.save(build(), path)

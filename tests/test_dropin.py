@@ -60,12 +60,18 @@ class ThirdPartyGenerator(nn.Module):
         super().__init__()
         layers = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf, affine=True), nn.ReLU(True)]
         for mult in (1, 2):
-            layers += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1),
-                       nn.InstanceNorm2d(ngf * mult * 2, affine=True), nn.ReLU(True)]  # fmt: skip
+            layers += [
+                nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1),
+                nn.InstanceNorm2d(ngf * mult * 2, affine=True),
+                nn.ReLU(True),
+            ]
         layers += [ThirdPartyBlock(ngf * 4) for _ in range(num_blocks)]
         for mult in (4, 2):
-            layers += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
-                       nn.InstanceNorm2d(ngf * mult // 2, affine=True), nn.ReLU(True)]  # fmt: skip
+            layers += [
+                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
+                nn.InstanceNorm2d(ngf * mult // 2, affine=True),
+                nn.ReLU(True),
+            ]
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
@@ -92,16 +98,29 @@ class MainResGenerator(nn.Module):
     def __init__(self, num_blocks=2, ngf=8):
         super().__init__()
         self.main = nn.Sequential(
-            nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(),
-            nn.Conv2d(ngf, 2 * ngf, 3, 2, 1), nn.InstanceNorm2d(2 * ngf), nn.ReLU(),
-            nn.Conv2d(2 * ngf, 4 * ngf, 3, 2, 1), nn.InstanceNorm2d(4 * ngf), nn.ReLU(),
-        )  # fmt: skip
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(3, ngf, 7),
+            nn.InstanceNorm2d(ngf),
+            nn.ReLU(),
+            nn.Conv2d(ngf, 2 * ngf, 3, 2, 1),
+            nn.InstanceNorm2d(2 * ngf),
+            nn.ReLU(),
+            nn.Conv2d(2 * ngf, 4 * ngf, 3, 2, 1),
+            nn.InstanceNorm2d(4 * ngf),
+            nn.ReLU(),
+        )
         self.res = nn.Sequential(*[self.Res(4 * ngf) for _ in range(num_blocks)])
         self.up = nn.Sequential(
-            nn.ConvTranspose2d(4 * ngf, 2 * ngf, 3, 2, 1, 1), nn.InstanceNorm2d(2 * ngf), nn.ReLU(),
-            nn.ConvTranspose2d(2 * ngf, ngf, 3, 2, 1, 1), nn.InstanceNorm2d(ngf), nn.ReLU(),
-            nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh(),
-        )  # fmt: skip
+            nn.ConvTranspose2d(4 * ngf, 2 * ngf, 3, 2, 1, 1),
+            nn.InstanceNorm2d(2 * ngf),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * ngf, ngf, 3, 2, 1, 1),
+            nn.InstanceNorm2d(ngf),
+            nn.ReLU(),
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(ngf, 3, 7),
+            nn.Tanh(),
+        )
 
     def forward(self, x):
         return self.up(self.res(self.main(x)))
@@ -236,7 +255,7 @@ class UpsampleDecoder(nn.Module):
         (
             nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(3, 8, 7), nn.InstanceNorm2d(8, track_running_stats=True)),
             r"running statistics: layer '2'",
-        ),  # fmt: skip
+        ),
     ],
     ids=["batch-norm", "dropout", "zero-padding", "upsample-decoder", "running-stats"],
 )
@@ -265,20 +284,20 @@ def _unet_state():
         (
             lambda: {**Generator(1, ngf=8).state_dict(), "model.11.weight": torch.zeros(16, 32, 3, 3)},
             r"'model\.11\.weight' \(up conv\) is \(16, 32, 3, 3\).*upsample \+ conv decoder",
-        ),  # fmt: skip
+        ),
         (lambda: {1: torch.zeros(3)}, "key that is not a string: 1"),
         (
             lambda: {**Generator(1, ngf=8).state_dict(), "model.1.weight": torch.zeros(8, 3, 7, 7, dtype=torch.int64)},
             r"torch\.int64 tensor under 'model\.1\.weight'",
-        ),  # fmt: skip
+        ),
         (
             lambda: {**Generator(1, ngf=8).state_dict(), "model.1.weight": torch.zeros(8, 3, 7, 7, device="meta")},
             r"holds a meta tensor under 'model\.1\.weight', not weights",
-        ),  # fmt: skip
+        ),
         (
             lambda: {**Generator(1, ngf=8).state_dict(), "model.1.bias": torch.zeros(8).to_sparse()},
             r"holds a torch\.sparse_coo tensor under 'model\.1\.bias', not weights",
-        ),  # fmt: skip
+        ),
     ],
     ids=["batch-norm", "discriminator", "unet", "upsample-decoder", "integer-key", "integer-weights", "meta", "sparse"],
 )

@@ -77,12 +77,18 @@ def _every_case(test):
     """Parametrize over every (shape, split) x dtype (fp16 on the narrow shapes) x layout x mode (the wide
     shapes with the modes that combine every feature)."""
     cases = [
-        pytest.param(d, s, k and k[cl], cl, mode,
-                     id=f"{d}-{s}-split{k[cl] if k else 'auto'}-{'cl' if cl else 'nchw'}-{_mode_id(mode)}")
+        pytest.param(
+            d,
+            s,
+            k and k[cl],
+            cl,
+            mode,
+            id=f"{d}-{s}-split{k[cl] if k else 'auto'}-{'cl' if cl else 'nchw'}-{_mode_id(mode)}",
+        )
         for d, (s, k) in _DTYPE_SHAPES
         for cl in (False, True)
         for mode in _modes_for(s)
-    ]  # fmt: skip
+    ]
     return pytest.mark.parametrize("dtype, shape, split, channels_last, mode", cases)(test)
 
 

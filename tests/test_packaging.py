@@ -35,10 +35,21 @@ def test_wheel_installs_kernels_under_the_package(tmp_path):
     except ImportError:
         pytest.skip("setuptools not installed: cannot build the wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-         str(ROOT)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("fastcyclegan-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "fastcyclegan/kernels/instance_norm.py" in names
@@ -72,8 +83,9 @@ def test_kernels_import_torch_and_triton_only():
 def test_package_imports_form_no_circle():
     package = ROOT / "fastcyclegan"
     modules = {p.stem for p in package.glob("*.py")} - {"__init__", "__main__"}
-    graph = {m: {n[1:].split(".")[0] for n in _imports(package / f"{m}.py") if n.startswith(".")} & modules
-             for m in modules}  # fmt: skip
+    graph = {
+        m: {n[1:].split(".")[0] for n in _imports(package / f"{m}.py") if n.startswith(".")} & modules for m in modules
+    }
     done, stack = set(), []
 
     def visit(module):

@@ -59,8 +59,9 @@ def test_preprocessing_matches_the_public_test_transform(images):
 def test_outputs_match_the_reference_module(tmp_path, checkpoint, images, backend, workers):
     path, generator = checkpoint
     out = tmp_path / "out"
-    summary = translate(path, images, out, size=SIZE, batch_size=3, device="cpu", backend=backend,
-                        workers=workers, progress=False)  # fmt: skip
+    summary = translate(
+        path, images, out, size=SIZE, batch_size=3, device="cpu", backend=backend, workers=workers, progress=False
+    )
     assert summary.images == 4 and summary.skipped == []
     assert [p.name for p, _ in summary.failed] == ["corrupt.png"]
     assert "unreadable image" in summary.failed[0][1]
@@ -93,8 +94,23 @@ def test_resume_skips_existing_outputs_and_overwrite_replaces_them(tmp_path, che
 
 def test_cli_summary_line(tmp_path, checkpoint, images, capsys):
     path, _ = checkpoint
-    code = main(["translate", str(path), str(images), str(tmp_path / "out"), "--size", str(SIZE),
-                 "--batch-size", "2", "--device", "cpu", "--workers", "0", "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "translate",
+            str(path),
+            str(images),
+            str(tmp_path / "out"),
+            "--size",
+            str(SIZE),
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1  # one input failed, named
     assert "translated 4 images in" in captured.out and "img/s), skipped 0 existing, failed 1; bound by" in captured.out
@@ -145,14 +161,14 @@ def test_output_folder_equal_to_the_input_is_refused(tmp_path, checkpoint, image
 def test_an_output_folder_inside_the_input_is_never_read_as_input(tmp_path, checkpoint, images):
     out = images / "out"
     first = translate(checkpoint[0], images, out, size=SIZE, device="cpu", workers=0, progress=False)
-    second = translate(checkpoint[0], images, out, size=SIZE, device="cpu", workers=0, progress=False,
-                       overwrite=True)  # fmt: skip
+    second = translate(checkpoint[0], images, out, size=SIZE, device="cpu", workers=0, progress=False, overwrite=True)
     assert first.images == second.images == 4 and not (out / "out").exists()
     assert sorted(p.name for p in out.rglob("*.png")) == ["gray.png", "rgb.png", "rgba.png", "x.png"]
 
 
-def test_a_full_disk_stops_names_what_was_not_written_and_leaves_no_temporaries(tmp_path, checkpoint, images,
-                                                                                  monkeypatch, capsys):  # fmt: skip
+def test_a_full_disk_stops_names_what_was_not_written_and_leaves_no_temporaries(
+    tmp_path, checkpoint, images, monkeypatch, capsys
+):
     """A save that fails with ENOSPC after writing part of its file, as a full disk does."""
     import errno
 
@@ -164,8 +180,23 @@ def test_a_full_disk_stops_names_what_was_not_written_and_leaves_no_temporaries(
 
     monkeypatch.setattr(PILImage.Image, "save", full_disk)
     out = tmp_path / "out"
-    code = main(["translate", str(checkpoint[0]), str(images), str(out), "--size", str(SIZE), "--batch-size", "1",
-                 "--device", "cpu", "--workers", "0", "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "translate",
+            str(checkpoint[0]),
+            str(images),
+            str(out),
+            "--size",
+            str(SIZE),
+            "--batch-size",
+            "1",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     for name in ("rgb.png", "gray.jpg", "rgba.PNG", "x.jpeg", "corrupt.png"):
@@ -213,8 +244,9 @@ def test_outputs_waiting_for_the_writers_are_bounded(tmp_path, checkpoint, monke
 
     monkeypatch.setattr(module, "_write_png", slow)
     monkeypatch.setattr(module, "to_uint8", counting)
-    summary = translate(checkpoint[0], root, tmp_path / "out", size=8, batch_size=2, device="cpu", workers=0,
-                        progress=False)  # fmt: skip
+    summary = translate(
+        checkpoint[0], root, tmp_path / "out", size=8, batch_size=2, device="cpu", workers=0, progress=False
+    )
     assert summary.images == 60 and summary.stages["write"] > 0  # the loop did wait for the writers
     n_writers = max(2, min(8, os.cpu_count() or 1))
     assert most[0] <= max(2 * 2, 4 * n_writers) + 2 < 60  # the bound plus the batch being computed
