@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 from pathlib import Path
+
+# the modules each command needs beyond torch, and the extra that installs them
+_NEEDS = {"report": ("bench", ("pandas",)), "translate": ("images", ("PIL",))}
+
+
+def missing_extra(command: str) -> str | None:
+    """One line naming the extra to install when a module `command` needs is missing, else None."""
+    extra, modules = _NEEDS[command]
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return f"fastcyclegan {command} needs {module}, which is not installed: pip install 'fastcyclegan[{extra}]'"
+    return None
 
 
 def _report(args) -> int:
@@ -192,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    problem = missing_extra(args.command)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     return args.func(args)
 
 
