@@ -17,15 +17,15 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test,plot,images]"
+	$(PY) -m pip install --quiet -e ".[test]"
 	@touch $@
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q -n 2 --dist loadfile
 
 bench: $(STAMP)
-	$(PY) -m pytest bench --benchmark-autosave -q
-	$(PY) -m fastcyclegan report --csv bench/latest.csv --markdown bench/latest.md --print
+	$(PY) -m pytest bench --benchmark-autosave -q; status=$$?; \
+	$(PY) -m fastcyclegan report --csv bench/latest.csv --markdown bench/latest.md --print; exit $$status
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

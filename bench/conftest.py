@@ -1,15 +1,21 @@
 """Options and shared fixtures of the benchmark suites (`pytest bench --benchmark-autosave`).
 
 Defaults depend on the device: on CUDA the full matrix that the project reports (256x256, batches 1 and 16,
-bf16 and fp32, every available backend); on a CPU a small matrix that finishes in minutes on 2 cores.
-`--fcg-smoke` shrinks everything so CI can run the files with `--benchmark-disable` and keep them working.
+bf16 and fp32, every available backend); on a CPU a small matrix that finishes in minutes on 2 cores (batch
+1; bf16 only where the CPU runs it natively). The run says at its start what it chose and why, prints a line
+as each case finishes, and keeps what finished if it is stopped (bench/fcg_progress.py).
+`--fcg-smoke` shrinks everything so CI can run the files and keep them working.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import pytest
 import torch
-from fcg_matrix import bench_device, matrix
+from fcg_matrix import bench_device, default_dtypes, matrix
+from fcg_progress import ProgressSaver, case_line
 
 from fastcyclegan.backends import DEFAULT_BACKENDS
 from fastcyclegan.measure import ceilings, device_facts, tf32_off
@@ -25,9 +31,11 @@ def pytest_addoption(parser):
         "compiled_max_autotune (default: all available but compiled_max_autotune)",
     )
     group.addoption("--fcg-sizes", default=None, help="comma list of square image sizes (CUDA: 256; CPU: 128,256)")
-    group.addoption("--fcg-batches", default=None, help="comma list of batch sizes (CUDA: 1,16; CPU: 1,8)")
+    group.addoption("--fcg-batches", default=None, help="comma list of batch sizes (CUDA: 1,16; CPU: 1)")
     group.addoption(
-        "--fcg-dtypes", default=None, help="comma list out of fp32, fp16, bf16 (CUDA: bf16,fp32; CPU: fp32,bf16)"
+        "--fcg-dtypes",
+        default=None,
+        help="comma list out of fp32, fp16, bf16 (CUDA: bf16,fp32; CPU: fp32, and bf16 where the CPU runs it natively)",
     )
     group.addoption(
         "--fcg-kernel-shapes",
@@ -58,6 +66,58 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     matrix(config)  # a bad option is a usage error (one line, exit 4) before anything is collected or run
+    config._fcg_progress = ProgressSaver(config)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (GNU timeout, docker stop, a scheduler) ends the run like Ctrl-C: pytest-benchmark saves
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def pytest_collection_finish(session):
+    """What the run covers and why, before the first case (shown with -q too)."""
+    config = session.config
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is None or config.getoption("collectonly"):
+        return
+    m = matrix(config)
+    terminal.ensure_newline()
+    terminal.write_line(
+        f"fastcyclegan bench: {len(session.items)} cases on {m['device']}; backends {','.join(m['backends'])}; "
+        f"sizes {m['sizes']}; batches {m['batches']}; dtypes {','.join(m['dtypes'])}; norms {','.join(m['norms'])}; "
+        f"modes {','.join(m['modes'])}; {m['rounds']} rounds a case"
+    )
+    if config.getoption("--fcg-dtypes") is None and not config.getoption("--fcg-smoke"):
+        terminal.write_line(f"fastcyclegan bench: dtypes by default: {default_dtypes(m['device'])[1]}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A line as each case ends (its figures, or why it was skipped or failed), then the results so far saved."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.when == "call" or (report.when == "setup" and not report.passed)):
+        return
+    terminal = item.config.pluginmanager.get_plugin("terminalreporter")
+    bench = getattr(item, "funcargs", {}).get("benchmark")
+    status = "passed" if report.passed else "skipped" if report.skipped else "FAILED"
+    reason = report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple) else ""
+    if report.failed:
+        reason = str(report.longrepr).strip().splitlines()[-1][:200]
+    line = case_line(item.name, status, dict(bench.extra_info) if bench is not None else None, reason)
+    problem = item.config._fcg_progress.save()
+    if terminal is not None:
+        terminal.ensure_newline()
+        terminal.write_line(line)
+        if problem:
+            terminal.write_line(f"fastcyclegan bench: {problem}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    session.config._fcg_progress.finish()
 
 
 @pytest.fixture(scope="session")

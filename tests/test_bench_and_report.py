@@ -340,3 +340,49 @@ def test_training_steps_are_reported_with_their_mode(suite_json, tmp_path):
         train.loc["fast"].img_per_s / train.loc["eager"].img_per_s
     )
     assert set(df["mode"]) == {"infer", "train"} and "| device | mode | size |" in text
+
+
+def test_a_killed_bench_run_keeps_its_finished_cases_for_the_report(tmp_path):
+    """`pytest bench --benchmark-autosave` prints a line per finished case and saves after each, so a run
+    killed (SIGKILL: nothing of pytest's runs after it) before its end leaves those cases to the report."""
+    storage = tmp_path / "storage"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST_")}
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "bench/test_generator_bench.py",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--benchmark-autosave",
+        f"--benchmark-storage=file://{storage}",
+        "--fcg-backends",
+        "eager,fast",
+        "--fcg-sizes",
+        "32,512",
+        "--fcg-ngf",
+        "8",
+        "--fcg-rounds",
+        "1",
+        "--fcg-dtypes",
+        "fp32",
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    try:
+        for line in process.stdout:  # the 512x512 cases take long enough to be killed in
+            if "-32px-" in line and "img/s" in line:
+                seen.append(line)
+            if len(seen) == 2:
+                break
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    assert len(seen) == 2 and "parity" in seen[0], seen
+    files = find_result_files(storage)
+    assert [p.name for p in files] == ["0001_partial.json"]
+    csv = tmp_path / "out.csv"
+    _, problems = report(files, csv)
+    df = pd.read_csv(csv)
+    assert problems == [] and sorted(df.backend) == ["eager", "fast"] and (df["size"] == 32).all()
