@@ -98,6 +98,8 @@ class Summary:
     images: int = 0
     seconds: float = 0.0
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    other_size: list[tuple[Path, tuple[int, int]]] = field(default_factory=list)  # skipped, made at another size
+    size: int = 0  # the output size of this run (H and W)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "compute": 0.0, "write": 0.0})
 
@@ -115,9 +117,34 @@ class Summary:
         times = ", ".join(f"{k} {v:.2f} s" for k, v in self.stages.items())
         return (
             f"translated {self.images} images in {self.seconds:.2f} s ({self.img_per_s:.1f} img/s), "
-            f"skipped {len(self.skipped)} existing, failed {len(self.failed)}; "
+            f"skipped {len(self.skipped)} existing{other_size_note([self])}, failed {len(self.failed)}; "
             f"bound by {self.bound_by} ({times})"
         )
+
+
+def other_size_note(summaries: list[Summary]) -> str:
+    """' (N of them WxH, not the SxS this run makes: --overwrite replaces them)' when skipped outputs were made
+    at another size (a rerun with another --size), else ''."""
+    others = [item for s in summaries for item in s.other_size]
+    if not others:
+        return ""
+    (w, h), size = others[0][1], summaries[0].size
+    return (
+        f" ({len(others)} of them {w}x{h} or another size, not the {size}x{size} this run makes: "
+        "--overwrite replaces them)"
+    )
+
+
+def png_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's header (its first 24 bytes), or None for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
 def job_line(summaries: list[Summary]) -> str:
@@ -132,7 +159,7 @@ def job_line(summaries: list[Summary]) -> str:
     )
     return (
         f"translated {images} images in {seconds:.2f} s ({rate:.1f} img/s) with {len(summaries)} processes, "
-        f"skipped {sum(len(s.skipped) for s in summaries)} existing, "
+        f"skipped {sum(len(s.skipped) for s in summaries)} existing{other_size_note(summaries)}, "
         f"failed {sum(len(s.failed) for s in summaries)}; per process {each}"
     )
 
@@ -265,7 +292,8 @@ def plan_translation(
     generator = load_generator(checkpoint, key=key)  # ValueError naming the file when it does not fit
     if generator.checkpoint_key is not None and shard[0] == 0:
         print(f"using the state dict under '{generator.checkpoint_key}' of '{checkpoint}'", file=sys.stderr)
-    summary = Summary()
+    out_size = 4 * -(-size // 4)  # the generator's output: H' = 4 * ceil(ceil(H / 2) / 2) = 4 * ceil(H / 4)
+    summary = Summary(size=out_size)
     todo, outputs, taken = [], [], set()
     for k, path in enumerate(images):
         out = output_dir / path.relative_to(input_dir).with_suffix(".png")
@@ -275,6 +303,9 @@ def plan_translation(
                 summary.failed.append((path, f"output name {out} is taken by another input"))
         elif mine and out.exists() and not overwrite:
             summary.skipped.append((path, "output exists (use --overwrite)"))
+            made = png_size(out)
+            if made is not None and made != (out_size, out_size):
+                summary.other_size.append((out, made))
         elif mine:
             outputs.append(out)
             todo.append(path)

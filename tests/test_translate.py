@@ -87,6 +87,8 @@ def test_resume_skips_existing_outputs_and_overwrite_replaces_them(tmp_path, che
     assert resumed.images == 1 and (out / "rgb.png").exists()
     assert Image.open(out / "gray.png").size == (2, 2)  # left alone
     assert sum("output exists" in why for _, why in resumed.skipped) == 3
+    assert resumed.other_size == [(out / "gray.png", (2, 2))]  # the marker was not made at this size: said
+    assert f"skipped 3 existing (1 of them 2x2 or another size, not the {SIZE}x{SIZE} this run makes" in resumed.line()
     again = translate(path, images, out, size=SIZE, device="cpu", workers=0, overwrite=True, progress=False)
     assert again.images == 4 and Image.open(out / "gray.png").size == (SIZE, SIZE)
     assert not list(out.rglob(".*.partial"))
