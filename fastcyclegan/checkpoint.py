@@ -25,6 +25,7 @@ log = logging.getLogger("fastcyclegan")
 
 _MAX_INFLATION = 50  # uncompressed / compressed size of a zip entry beyond which it is a zip bomb
 _MAX_NESTING = 3
+_MAX_VISITS = 100_000  # dict entries looked at while searching a checkpoint for its state dict
 
 
 def describe_source(source) -> str:
@@ -90,6 +91,38 @@ def _is_state_dict(value) -> bool:
     return isinstance(value, Mapping) and bool(value) and all(isinstance(v, Tensor) for v in value.values())
 
 
+def _find_state_dicts(loaded, name: str) -> list[tuple[str, Mapping]]:
+    """(key path, state dict) of every state dict nested in `loaded` up to _MAX_NESTING levels. Each mapping
+    is visited once, however many keys share it (a pickle can reference one dict from thousands of places:
+    followed naively, 300 keys on each of 3 levels are 27 million paths), and at most _MAX_VISITS mappings
+    and entries are looked at: a checkpoint that nests more is refused, naming the file."""
+    found: list[tuple[str, Mapping]] = []
+    seen: set[int] = set()
+    visits = 0
+    stack = [(loaded, "", 1)] if isinstance(loaded, Mapping) else []
+    while stack:
+        node, path, depth = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        visits += 1 + len(node)
+        if visits > _MAX_VISITS:
+            raise ValueError(
+                f"checkpoint {name} nests more than {_MAX_VISITS:,} dict entries: refused rather than searched "
+                "(say which state dict with key=..., translate: --key)"
+            )
+        for k, v in reversed(list(node.items())):  # reversed onto the stack: searched in the file's order
+            if not isinstance(v, Mapping) or id(v) in seen:
+                continue
+            here = f"{path}/{k}" if path else str(k)
+            if _is_state_dict(v):
+                seen.add(id(v))
+                found.append((here, v))
+            elif depth < _MAX_NESTING:
+                stack.append((v, here, depth + 1))
+    return found
+
+
 def _unnest(loaded, name: str, key: str | None) -> tuple[Mapping, str | None]:
     """The state dict inside `loaded` and the key path it was found under (None: loaded itself)."""
     if key is not None:
@@ -104,18 +137,7 @@ def _unnest(loaded, name: str, key: str | None) -> tuple[Mapping, str | None]:
         return node, key
     if _is_state_dict(loaded):
         return loaded, None
-    found: list[tuple[str, Mapping]] = []
-
-    def search(node, path, depth):
-        for k, v in node.items():
-            here = f"{path}/{k}" if path else str(k)
-            if _is_state_dict(v):
-                found.append((here, v))
-            elif isinstance(v, Mapping) and depth < _MAX_NESTING:
-                search(v, here, depth + 1)
-
-    if isinstance(loaded, Mapping):
-        search(loaded, "", 1)
+    found = _find_state_dicts(loaded, name)
     if not found:
         what = f"keys {sorted(map(str, loaded))[:10]}" if isinstance(loaded, Mapping) else type(loaded).__name__
         raise ValueError(f"checkpoint {name} does not hold a state dict of tensors (got {what})")

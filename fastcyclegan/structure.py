@@ -147,13 +147,21 @@ def _canonical_keys(num_blocks: int) -> list[tuple[str, str]]:
     return pairs
 
 
+# the one rule for the dtype of a weight: what FastGenerator and Generator compute in (float8 and integer
+# tensors are refused, naming the key, before anything else looks at their values)
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def _check_tensor(key: str, t: Tensor) -> None:
     if not isinstance(t, Tensor):
         raise NotAGenerator(f"holds a {type(t).__name__} under '{key}', not a tensor")
     if t.is_meta or t.layout != torch.strided:
         raise NotAGenerator(f"holds a {'meta' if t.is_meta else str(t.layout)} tensor under '{key}', not weights")
-    if not t.is_floating_point():
-        raise NotAGenerator(f"holds a {t.dtype} tensor under '{key}'; weights are floating point")
+    if t.dtype not in WEIGHT_DTYPES:
+        raise NotAGenerator(
+            f"holds a {t.dtype} tensor under '{key}'; weights are float16, bfloat16, float32 or float64 "
+            "(what the generator computes in)"
+        )
     if any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape)):
         raise NotAGenerator(
             f"holds an expanded tensor under '{key}' (shape {tuple(t.shape)} over {t.untyped_storage().nbytes()} "

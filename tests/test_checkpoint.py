@@ -218,3 +218,45 @@ def test_a_json_file_is_named_as_no_checkpoint(tmp_path):
     with pytest.raises(ValueError, match=r"weights\.pth.*neither a PyTorch checkpoint nor a safetensors file") as info:
         load_generator(path)
     assert "run code" not in str(info.value)
+
+
+def _fan_out(state, keys=300, levels=3):
+    """One state dict reached through `levels` levels of one shared dict of `keys` keys: {k_i: {k_i: {k_i:
+    state}}} in a ~225 KB pickle, 27 million paths when every reference is followed."""
+    node = state
+    for _ in range(levels):
+        node = {f"k{i}": node for i in range(keys)}
+    return node
+
+
+def test_a_fan_out_checkpoint_is_searched_once_per_dict_under_a_3_gib_address_limit(tmp_path):
+    path = tmp_path / "fanout.pth"
+    torch.save(_fan_out(Generator(1, ngf=8).state_dict()), path)
+    assert path.stat().st_size < 1_000_000
+    script = _UNDER_4_GIB.replace("4 << 30", "3 << 30").replace(
+        "    load_generator(sys.argv[1])", "    load_generator(sys.argv[1])\n    print('loaded')"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # one state dict, shared: taken (under the first path that reaches it), in seconds, in bounded memory
+    assert done.stdout.strip() == "loaded", done.stdout
+
+
+def test_a_checkpoint_that_nests_too_many_entries_is_refused_naming_the_file(tmp_path):
+    loaded = {f"run{i}": {f"k{j}": {"note": j} for j in range(200)} for i in range(600)}  # 120,000 distinct dicts
+    with pytest.raises(ValueError, match=r"checkpoint the given state dict nests more than 100,000 dict entries"):
+        load_generator(loaded)
+
+
+@pytest.mark.parametrize(
+    "dtype", ["float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu", "int8"]
+)
+def test_weights_of_a_dtype_the_generator_does_not_compute_in_are_refused_naming_file_and_key(tmp_path, dtype):
+    if not hasattr(torch, dtype):
+        pytest.skip(f"this torch has no {dtype}")
+    state = Generator(1, ngf=8).state_dict()
+    state["model.1.weight"] = state["model.1.weight"].to(getattr(torch, dtype))
+    path = tmp_path / "low.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=rf"low\.pth.*{dtype} tensor under 'model\.1\.weight'; weights are float16"):
+        load_generator(path)
