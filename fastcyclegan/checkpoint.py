@@ -111,7 +111,8 @@ def _find_state_dicts(loaded, name: str) -> list[tuple[str, Mapping]]:
                 f"checkpoint {name} nests more than {_MAX_VISITS:,} dict entries: refused rather than searched "
                 "(say which state dict with key=..., translate: --key)"
             )
-        for k, v in reversed(list(node.items())):  # reversed onto the stack: searched in the file's order
+        children = []
+        for k, v in node.items():
             if not isinstance(v, Mapping) or id(v) in seen:
                 continue
             here = f"{path}/{k}" if path else str(k)
@@ -119,7 +120,8 @@ def _find_state_dicts(loaded, name: str) -> list[tuple[str, Mapping]]:
                 seen.add(id(v))
                 found.append((here, v))
             elif depth < _MAX_NESTING:
-                stack.append((v, here, depth + 1))
+                children.append((v, here, depth + 1))
+        stack.extend(reversed(children))  # searched in the file's order
     return found
 
 
