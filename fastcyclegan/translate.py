@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import collections
 import errno
+import hashlib
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -40,44 +42,69 @@ def _pil():
     return Image
 
 
-def find_images(root: Path, exclude: Path | None = None) -> list[Path]:
-    """Every PNG/JPEG under root (recursively), in a stable order, hidden files and anything under `exclude`
-    (an output folder inside the input folder: its outputs are no inputs) left out."""
+def find_images(root: Path, exclude: Path | None = None, unlisted: list | None = None) -> list[Path]:
+    """Every PNG/JPEG under root (recursively, through symlinked folders, each folder once), in a stable
+    order; hidden files and anything under `exclude` (an output folder inside the input folder: its outputs
+    are no inputs) left out. A folder that cannot be listed (no permission) is appended to `unlisted` as
+    (folder, reason), never skipped in silence."""
     exclude = exclude.resolve() if exclude is not None else None
-    found = []
-    for p in root.rglob("*"):
-        if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith(".") or not p.is_file():
+    found, seen = [], set()
+
+    def refused(err: OSError) -> None:
+        if unlisted is not None:
+            unlisted.append((Path(err.filename), f"folder could not be listed: {err.strerror}"))
+
+    for folder, subfolders, files in os.walk(root, onerror=refused, followlinks=True):
+        here = Path(folder)
+        info = here.stat()
+        if (info.st_dev, info.st_ino) in seen or (exclude is not None and here.resolve().is_relative_to(exclude)):
+            subfolders[:] = []  # a link back up the tree, or the output folder: not walked again
             continue
-        if exclude is not None and p.resolve().is_relative_to(exclude):
-            continue
-        found.append(p)
+        seen.add((info.st_dev, info.st_ino))
+        subfolders.sort()
+        for name in files:
+            p = here / name
+            if p.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".") and p.is_file():
+                found.append(p)
     return sorted(found)
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """(3, size, size) float32 in [-1, 1], as the public test script prepares it (any mode -> RGB, bicubic)."""
+# the only decoders that may read an input: Pillow's Image.open tries every format it knows whatever the
+# file's name (an EPS file named x.png goes to Ghostscript, a PostScript interpreter)
+_DECODERS = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+
+
+def load_image(path: Path, size: int, channels: int = 3) -> torch.Tensor:
+    """(channels, size, size) float32 in [-1, 1], as the public test script prepares it (any mode -> RGB, or
+    grayscale for a 1-channel generator, bicubic).
+    Only the PNG and JPEG decoders read it, chosen by the file's first bytes, not its name."""
     Image = _pil()
-    with Image.open(path) as img:
-        img = img.convert("RGB").resize((size, size), Image.BICUBIC)
-        data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3)
+    with open(path, "rb") as f:
+        head = f.read(8)
+    formats = [name for magic, name in _DECODERS.items() if head.startswith(magic)]
+    if not formats:
+        raise ValueError(f"not a PNG or JPEG file (it starts with {head[:8]!r}); only those are decoded")
+    with Image.open(path, formats=formats) as img:
+        img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BICUBIC)
+        data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, channels)
     return data.permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)
 
 
 def to_uint8(y: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8 like the public tensor2im (truncation, not rounding)."""
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8 like the public tensor2im (truncation, not rounding)."""
     return ((y.float() + 1) / 2 * 255).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, paths: list[Path], size: int):
-        self.paths, self.size = paths, size
+    def __init__(self, paths: list[Path], size: int, channels: int):
+        self.paths, self.size, self.channels = paths, size, channels
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
-            return i, load_image(self.paths[i], self.size), None
+            return i, load_image(self.paths[i], self.size, self.channels), None
         except Exception as err:  # unreadable or truncated: reported and skipped, never fatal
             return i, None, f"{type(err).__name__}: {err}"
 
@@ -168,26 +195,43 @@ def job_line(summaries: list[Summary]) -> str:
 _DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
-# a temporary of output NAME is ".NAME.<random>.partial" beside it: hidden from find_images, and the name
-# it belongs to can be read back (remove_stale_temporaries)
-_TEMP_SUFFIX = ".partial"
+# A temporary is ".fcgtmp-<host>-<pid>-<random>.partial" beside its output: hidden from find_images, of bounded
+# length whatever the output's name (a name of 255 bytes plus a suffix would not fit), and it names the process
+# that writes it, so a later run removes it only when that writer is gone: its pid dead on this host, or, for
+# another host's process (a shared filesystem), the file older than _FOREIGN_TEMP_AGE_S.
+_TEMP_PREFIX, _TEMP_SUFFIX = ".fcgtmp-", ".partial"
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_FOREIGN_TEMP_AGE_S = 24 * 3600
 
 
-def _temp_owner(file_name: str) -> str | None:
-    """The output name a temporary's file name belongs to, or None for any other file."""
-    if not (file_name.startswith(".") and file_name.endswith(_TEMP_SUFFIX)):
+def _temp_writer(file_name: str) -> tuple[str, int] | None:
+    """(host, pid) of the process writing a temporary, or None for any other file."""
+    if not (file_name.startswith(_TEMP_PREFIX) and file_name.endswith(_TEMP_SUFFIX)):
         return None
-    return file_name[1 : -len(_TEMP_SUFFIX)].rpartition(".")[0] or None
+    host, pid, _ = (file_name[len(_TEMP_PREFIX) : -len(_TEMP_SUFFIX)].split("-", 2) + ["", ""])[:3]
+    return (host, int(pid)) if pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 def _write_png(array, out: Path) -> None:
     """Writes out atomically: encoded into a temporary file of this call's own in out's folder (so two
-    writers of one name never share one), renamed over out; the temporary is removed on any failure."""
+    writers of one name never share one), renamed over out; the temporary is removed on any failure.
+    array: (H, W, 3) RGB or (H, W, 1) grayscale uint8."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=_TEMP_SUFFIX)
+    fd, partial = tempfile.mkstemp(dir=out.parent, prefix=f"{_TEMP_PREFIX}{_HOST}-{os.getpid()}-", suffix=_TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
-            _pil().fromarray(array.numpy()).save(f, format="PNG")
+            pixels = array.numpy()
+            _pil().fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(f, format="PNG")
         os.replace(partial, out)  # atomic: a crash leaves no half-written PNG under the final name
     except BaseException:
         Path(partial).unlink(missing_ok=True)
@@ -195,19 +239,25 @@ def _write_png(array, out: Path) -> None:
 
 
 def remove_stale_temporaries(outputs: list[Path]) -> int:
-    """Removes the temporaries that a killed run (SIGKILL, power loss) left beside these outputs, the ones
-    this process is about to write; returns how many. Temporaries of other outputs are left alone."""
-    wanted: dict[Path, set[str]] = collections.defaultdict(set)
-    for out in outputs:
-        wanted[out.parent].add(out.name)
+    """Removes, in the folders these outputs go to, the temporaries whose writer is gone (a run that was
+    killed: SIGKILL, power loss); returns how many. A live writer's (another job writing into the same
+    folder) is never touched."""
     removed = 0
-    for folder, names in wanted.items():
+    for folder in {out.parent for out in outputs}:
         try:
             entries = list(os.scandir(folder))
         except OSError:  # not created yet: nothing stale in it
             continue
         for entry in entries:
-            if _temp_owner(entry.name) in names:
+            writer = _temp_writer(entry.name)
+            if writer is None:
+                continue
+            host, pid = writer
+            try:
+                age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+            except OSError:  # its writer renamed or removed it meanwhile
+                continue
+            if (not _alive(pid)) if host == _HOST else age > _FOREIGN_TEMP_AGE_S:
                 Path(entry.path).unlink(missing_ok=True)
                 removed += 1
     return removed
@@ -252,6 +302,7 @@ class Plan:
     todo: list[Path]
     outputs: list[Path]
     summary: Summary
+    channels: int  # of the images the generator reads: 3 (RGB) or 1 (grayscale)
 
 
 def plan_translation(
@@ -286,14 +337,21 @@ def plan_translation(
     if dtype_name not in DTYPES:
         raise ValueError(f"--dtype must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
     check_output_dir(input_dir, output_dir)
-    images = find_images(input_dir, exclude=output_dir)
+    unlisted: list[tuple[Path, str]] = []
+    images = find_images(input_dir, exclude=output_dir, unlisted=unlisted)
     if not images:
-        raise FileNotFoundError(f"no PNG or JPEG images under '{input_dir}'")
+        also = f" ({len(unlisted)} folders could not be listed, the first '{unlisted[0][0]}')" if unlisted else ""
+        raise FileNotFoundError(f"no PNG or JPEG images under '{input_dir}'{also}")
     generator = load_generator(checkpoint, key=key)  # ValueError naming the file when it does not fit
+    if generator.in_channels not in (1, 3) or generator.out_channels not in (1, 3):
+        raise ValueError(
+            f"checkpoint '{checkpoint}' is a generator of {generator.in_channels} input and "
+            f"{generator.out_channels} output channels; translate reads and writes RGB (3) or grayscale (1) images"
+        )
     if generator.checkpoint_key is not None and shard[0] == 0:
         print(f"using the state dict under '{generator.checkpoint_key}' of '{checkpoint}'", file=sys.stderr)
     out_size = 4 * -(-size // 4)  # the generator's output: H' = 4 * ceil(ceil(H / 2) / 2) = 4 * ceil(H / 4)
-    summary = Summary(size=out_size)
+    summary = Summary(size=out_size, failed=list(unlisted) if shard[0] == 0 else [])
     todo, outputs, taken = [], [], set()
     for k, path in enumerate(images):
         out = output_dir / path.relative_to(input_dir).with_suffix(".png")
@@ -312,10 +370,26 @@ def plan_translation(
         taken.add(out)
     remove_stale_temporaries(outputs)
     run = build_backend(
-        backend, generator, device=target, dtype=DTYPES[dtype_name], example=torch.zeros(batch_size, 3, size, size)
+        backend,
+        generator,
+        device=target,
+        dtype=DTYPES[dtype_name],
+        example=torch.zeros(batch_size, generator.in_channels, size, size),
     )
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    return Plan(run, target, DTYPES[dtype_name], size, batch_size, workers, progress, todo, outputs, summary)
+    return Plan(
+        run,
+        target,
+        DTYPES[dtype_name],
+        size,
+        batch_size,
+        workers,
+        progress,
+        todo,
+        outputs,
+        summary,
+        generator.in_channels,
+    )
 
 
 def translate(checkpoint, input_dir, output_dir, **options) -> Summary:
@@ -328,7 +402,7 @@ def run_translation(plan: Plan) -> Summary:
     """Decode, compute and write every input of the plan; returns its summary."""
     run, todo, outputs, summary, batch_size = plan.run, plan.todo, plan.outputs, plan.summary, plan.batch_size
     loader = torch.utils.data.DataLoader(
-        _Images(todo, plan.size),
+        _Images(todo, plan.size, plan.channels),
         batch_size=batch_size,
         num_workers=plan.workers,
         collate_fn=_collate,

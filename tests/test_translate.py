@@ -1,6 +1,10 @@
 """fastcyclegan translate: outputs equal the reference module's, resume, --overwrite, and the error cases."""
 
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -273,10 +277,132 @@ def test_ctrl_c_is_one_line(tmp_path, checkpoint, images, monkeypatch, capsys):
     assert capsys.readouterr().err.strip().count("\n") == 0
 
 
-def test_a_killed_runs_temporaries_of_this_runs_outputs_are_removed(tmp_path):
-    from fastcyclegan.translate import remove_stale_temporaries
+def _dead_pid() -> int:
+    """The pid of a process that has exited."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(done.stdout)
 
-    for name in (".a.png.k3j_x9a1.partial", ".b.png.q8w2e7r1.partial", ".a.png", "a.png.partial"):
+
+def test_only_temporaries_whose_writer_is_gone_are_removed(tmp_path):
+    """A killed run's temporaries (its pid dead on this host) go; another job's live writer's stay, however
+    many jobs share the folder; another host's go only when a day old (a shared filesystem)."""
+    from fastcyclegan.translate import _HOST, remove_stale_temporaries
+
+    names = {
+        "dead": f".fcgtmp-{_HOST}-{_dead_pid()}-k3j_x9a1.partial",
+        "live": f".fcgtmp-{_HOST}-{os.getpid()}-q8w2e7r1.partial",
+        "foreign_new": ".fcgtmp-0badc0de-17-aaaaaaaa.partial",
+        "foreign_old": ".fcgtmp-0badc0de-18-bbbbbbbb.partial",
+    }
+    for name in (*names.values(), ".a.png", "a.png.partial", ".fcgtmp-notes.partial"):
         (tmp_path / name).write_bytes(b"x")
-    assert remove_stale_temporaries([tmp_path / "a.png", tmp_path / "missing" / "c.png"]) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".a.png", ".b.png.q8w2e7r1.partial", "a.png.partial"]
+    day_ago = time.time() - 25 * 3600
+    os.utime(tmp_path / names["foreign_old"], (day_ago, day_ago))
+    assert remove_stale_temporaries([tmp_path / "a.png", tmp_path / "missing" / "c.png"]) == 2
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([names["live"], names["foreign_new"], ".a.png", "a.png.partial", ".fcgtmp-notes.partial"])
+
+
+def test_two_jobs_writing_into_one_folder_both_succeed(tmp_path, checkpoint, images):
+    """Each job's start-up cleanup leaves the other's live temporaries alone (20 rounds: a writer held open
+    while the second job starts and finishes)."""
+    from fastcyclegan.translate import _HOST
+
+    path, _ = checkpoint
+    out = tmp_path / "out"
+    out.mkdir()
+    for _ in range(20):
+        held = out / f".fcgtmp-{_HOST}-{os.getpid()}-heldopen.partial"  # a live writer of another job
+        held.write_bytes(b"half")
+        summary = translate(path, images, out, size=SIZE, device="cpu", workers=0, progress=False, overwrite=True)
+        assert summary.images == 4 and held.exists()
+        held.unlink()
+
+
+def test_names_up_to_the_filesystem_limit_are_translated(tmp_path, checkpoint):
+    path, _ = checkpoint
+    root = tmp_path / "in"
+    root.mkdir()
+    name = "x" * 251 + ".png"  # 255 bytes: the longest name most filesystems take
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / name)
+    summary = translate(path, root, tmp_path / "out", size=SIZE, device="cpu", workers=0, progress=False)
+    assert summary.images == 1 and not summary.failed and (tmp_path / "out" / name).exists()
+
+
+def test_a_grayscale_generator_reads_and_writes_grayscale_pngs(tmp_path, images):
+    """The public code's --input_nc 1 --output_nc 1: inputs converted to grayscale, outputs written as
+    one-channel PNGs equal to the reference module's."""
+    torch.manual_seed(3)
+    generator = Generator(1, in_channels=1, out_channels=1, ngf=8).eval()
+    path = tmp_path / "gray.pth"
+    torch.save(generator.state_dict(), path)
+    out = tmp_path / "out"
+    summary = translate(path, images, out, size=SIZE, device="cpu", workers=0, progress=False)
+    assert summary.images == 4
+    written = Image.open(out / "rgb.png")
+    assert written.mode == "L" and written.size == (SIZE, SIZE)
+    with torch.no_grad():
+        y = generator(load_image(images / "rgb.png", SIZE, channels=1)[None])
+    expected = ((y[0, 0] + 1) / 2 * 255).clamp(0, 255).to(torch.uint8).numpy()
+    assert np.abs(np.asarray(written).astype(int) - expected).max() <= 1
+
+
+def test_a_generator_of_other_channel_counts_is_refused_before_any_work(tmp_path, images, capsys):
+    path = tmp_path / "four.pth"
+    torch.save(Generator(1, in_channels=4, ngf=8).state_dict(), path)
+    code = main(["translate", str(path), str(images), str(tmp_path / "out"), "--size", str(SIZE), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "4 input and 3 output channels; translate reads and writes RGB (3) or grayscale (1)" in err
+    assert "\n" not in err and not (tmp_path / "out").exists()
+
+
+def test_only_the_png_and_jpeg_decoders_read_inputs_whatever_their_names(tmp_path, checkpoint, monkeypatch):
+    """An EPS file named .png would go to Ghostscript (a PostScript interpreter) through Image.open; TIFF,
+    WebP, BMP and ICO under .png/.jpg names would be decoded. Each is named as not PNG/JPEG and never opened."""
+    path, _ = checkpoint
+    root = tmp_path / "in"
+    root.mkdir()
+    picture = Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8))
+    picture.save(root / "real.png")
+    for name, fmt in (("tiff.png", "TIFF"), ("webp.jpg", "WEBP"), ("bmp.png", "BMP"), ("ico.jpeg", "ICO")):
+        picture.save(root / name, format=fmt)
+    (root / "eps.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda p, *a, **k: opened.append(Path(p).name) or real_open(p, *a, **k))
+    summary = translate(path, root, tmp_path / "out", size=SIZE, device="cpu", workers=0, progress=False)
+    assert summary.images == 1 and opened == ["real.png"]
+    failed = {p.name: why for p, why in summary.failed}
+    assert sorted(failed) == ["bmp.png", "eps.png", "ico.jpeg", "tiff.png", "webp.jpg"]
+    assert all("not a PNG or JPEG file" in why for why in failed.values()), failed
+
+
+def test_a_folder_that_cannot_be_listed_is_named_and_the_run_exits_1(tmp_path, checkpoint, images, capsys, monkeypatch):
+    locked = images / "locked"
+    locked.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(locked / "hidden.png")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as chmod 000 does for a user (the tests may run as root, who reads anything)
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    path, _ = checkpoint
+    out = tmp_path / "out"
+    code = main(["translate", str(path), str(images), str(out), "--size", str(SIZE), "--quiet", "--workers", "0"])
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert code == 1 and f"failed {locked}: folder could not be listed: Permission denied" in err
+
+
+def test_a_symlinked_folder_is_followed_once_even_when_it_loops(tmp_path):
+    root = tmp_path / "in"
+    (root / "real").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "real" / "a.png")
+    (tmp_path / "elsewhere").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "elsewhere" / "b.png")
+    (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / "real" / "loop").symlink_to(root, target_is_directory=True)  # a link back up the tree
+    assert [p.relative_to(root).as_posix() for p in find_images(root)] == ["linked/b.png", "real/a.png"]
