@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import signal
 import sys
 from pathlib import Path
@@ -122,7 +123,7 @@ def _translate_in_job(args, job) -> int:
             result = run_translation(plan)
         except Exception as err:  # reported by rank 0, never left for the others to wait on
             result = f"{type(err).__name__}: {err}"
-        summaries = job.gather(result)
+        summaries = job.finish(result)
     except JobFailed as err:
         if job.rank == 0 or "lost contact" in str(err):
             print(f"fastcyclegan translate: the job failed: {err}", file=sys.stderr)
@@ -140,6 +141,23 @@ def _translate_in_job(args, job) -> int:
     if broken:
         return 2
     return 1 if any(s.failed for s in summaries) else 0
+
+
+_MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+def _seconds(text: str) -> float:
+    """A timeout: a finite number of seconds > 0 and at most a week (the process group's timer overflows far
+    beyond: 1e30 and inf crashed every rank)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= _MAX_TIMEOUT_S:  # NaN fails every comparison
+        raise argparse.ArgumentTypeError(
+            f"expected seconds, a number > 0 and at most {_MAX_TIMEOUT_S:.0f}; got {text!r}"
+        )
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,10 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.add_argument(
         "--dist-timeout",
-        type=float,
+        type=_seconds,
         default=600.0,
-        help="under torchrun: seconds a process waits for the others at the start and the end "
-        "before the job fails (default 600)",
+        help="under torchrun: seconds a process waits at the start for the others to join and agree before "
+        "the job fails (default 600); at the end it waits for slower processes as long as they live",
     )
     tr.set_defaults(func=_translate)
     return parser

@@ -23,11 +23,17 @@ class JobFailed(RuntimeError):
     """Another process of the job (or this one) could not start or finish; the message says which and why."""
 
 
+# how long the end of a job waits for a process that is still working: a slow process is no failed one (a
+# process that dies ends the job at once: its connections close, and torchrun stops the others)
+FINISH_TIMEOUT = datetime.timedelta(days=30)
+
+
 @dataclass
 class Job:
     rank: int
     local_rank: int
     world_size: int
+    _finish_group: object = None  # the gloo group whose collectives wait FINISH_TIMEOUT
 
     @classmethod
     def from_env(cls) -> Job | None:
@@ -53,12 +59,13 @@ class Job:
         return name
 
     def start(self, timeout_s: float) -> None:
-        """Joins the process group (the rendezvous torchrun set up); every collective after this gives up
-        after timeout_s seconds."""
+        """Joins the process group (the rendezvous torchrun set up): the start (`agree`) gives up after
+        timeout_s seconds, the end (`finish`) waits for slow processes as long as they live."""
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(self.local_rank)
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        self._finish_group = dist.new_group(backend="gloo", timeout=FINISH_TIMEOUT)
 
     def agree(self, problem: str | None) -> None:
         """Every process says whether it can go on (problem None) or why not; raises JobFailed on every
@@ -68,11 +75,16 @@ class Job:
         if failed:
             raise JobFailed("; ".join(failed))
 
-    def gather(self, value) -> list:
+    def finish(self, value) -> list:
+        """`gather` at the end of the job's work: waits for the processes still working however long they
+        take (their shares differ), not the start's timeout."""
+        return self.gather(value, group=self._finish_group)
+
+    def gather(self, value, group=None) -> list:
         """value from every process, in rank order, on every process."""
         values = [None] * self.world_size
         try:
-            dist.all_gather_object(values, value)
+            dist.all_gather_object(values, value, group=group)
         except RuntimeError as err:  # a timeout or a process that died: the group is gone
             raise JobFailed(f"lost contact with the other processes ({str(err).splitlines()[0]})") from None
         return values

@@ -137,3 +137,59 @@ def test_a_killed_process_fails_the_job_and_a_rerun_completes_the_set(job, tmp_p
     complete = _pngs(out)
     assert len(complete) == 23 and all(a.shape == (64, 64, 3) for a in complete.values())
     assert not [p for p in out.rglob(".*") if p.is_file()]  # the killed run's temporaries were removed
+
+
+_SLOW_RANK_1 = """
+import os, time
+if os.environ.get("RANK") == "1":  # this process's images decode one second slower each
+    import fastcyclegan.translate as translate
+    decode = translate.load_image
+    translate.load_image = lambda *args: (time.sleep(1.0), decode(*args))[1]
+"""
+
+
+def test_a_rank_slower_than_the_timeout_finishes_and_the_job_succeeds(job, tmp_path):
+    """Shares that differ by more than --dist-timeout: the first process to finish waits for the other at the
+    end as long as it works (the timeout is for a process that never joins, not for a slow one)."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(_SLOW_RANK_1)  # imported at start by every process torchrun makes
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(hooks), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "fastcyclegan",
+        "translate",
+        str(job / "g.pth"),
+        str(job / "in"),
+        str(out),
+        "--size",
+        "32",
+        "--workers",
+        "0",
+        "--dist-timeout",
+        "4",
+        "--quiet",
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]  # rank 1: 11 images, 11 s slower than rank 0
+    assert "translated 23 images in" in done.stdout and len(_pngs(out)) == 23
+
+
+@pytest.mark.parametrize("value", ["inf", "1e30", "0", "-5", "nan", "soon"])
+def test_a_timeout_that_is_no_positive_finite_number_of_seconds_is_a_usage_error(value, capsys):
+    from fastcyclegan.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["translate", "g.pth", "in", "out", "--dist-timeout", value])
+    assert exit_info.value.code == 2
+    assert (
+        f"--dist-timeout: expected seconds, a number > 0 and at most 604800; got '{value}'" in capsys.readouterr().err
+    )
