@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -30,7 +31,9 @@ def _report(args) -> int:
     try:
         paths = []
         for source in args.sources or [Path(".benchmarks")]:
-            paths += [source] if source.is_file() else find_result_files(source)
+            # a folder is a storage (its newest run per machine); anything else that exists is read as a
+            # file, or named as one that cannot be (a FIFO, a device)
+            paths += find_result_files(source) if source.is_dir() or not os.path.lexists(source) else [source]
         text, problems = report(paths, args.csv, args.markdown, args.plot)
     except ReportError as err:
         print(f"fastcyclegan report: {err}", file=sys.stderr)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -113,14 +115,27 @@ _REQUIRED = {
 }
 
 
+_MAX_INT = 1 << 53  # integers beyond this are no sizes or batches (and 10**400 overflows every float)
+
+
 def _row_problem(info: dict) -> str | None:
-    """Why a timed result cannot be reported (a field missing or of the wrong type), or None."""
+    """Why a timed result cannot be reported (a field missing, of the wrong type, not finite, not > 0 where
+    it is a size, a batch or a rate), or None."""
     for field, kinds in _REQUIRED[info["suite"]].items():
         value = info.get(field)
         if value is None:
             return f"no '{field}'"
         if isinstance(value, bool) or not isinstance(value, kinds):
             return f"'{field}' is {type(value).__name__} {str(value)[:40]!r}, expected {_kind_names(kinds)}"
+        if isinstance(value, int) and not 0 < value < _MAX_INT:
+            return f"'{field}' is {str(value)[:40]}, expected a whole number from 1 to 2^53"
+        if isinstance(value, float) and not (math.isfinite(value) and value > 0):
+            return f"'{field}' is {value!r}, expected a finite number > 0"
+    for field, value in info.items():  # the other numbers are computed with too: finite, within float range
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"'{field}' is {value!r}, expected a finite number"
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _MAX_INT:
+            return f"'{field}' is {str(value)[:40]}..., expected a number of at most 2^53"
     return None
 
 
@@ -137,6 +152,21 @@ def _machine(data: dict, path: Path) -> str:
     return node if isinstance(node, str) and node else path.parent.name or "?"
 
 
+MAX_FILE_BYTES = 256 << 20  # a results file larger than this is no benchmark run of ours
+
+
+def _read_bounded(path: Path) -> str:
+    """The text of a regular file of at most MAX_FILE_BYTES; ReportError for anything else (a FIFO would
+    block the read forever, /dev/zero behind a link would never end)."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        raise ReportError("not a regular file (a FIFO, a device or a folder): not read")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ReportError(f"{info.st_size:,} bytes, over the {MAX_FILE_BYTES:,} a results file may have: not read")
+    with open(path, "rb") as f:
+        return f.read(MAX_FILE_BYTES + 1).decode()
+
+
 def read_results(paths) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(generator rows, kernel rows, problems), one row per timed benchmark of our suites. A file or a row
     that cannot be read is named in `problems` and skipped; the rest is still reported."""
@@ -144,7 +174,10 @@ def read_results(paths) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     problems = []
     for path in map(Path, paths):
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(_read_bounded(path))
+        except ReportError as err:
+            problems.append(f"{path}: {err}")
+            continue
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             why = "nested too deeply" if isinstance(err, RecursionError) else err
             problems.append(f"{path}: cannot be read as JSON ({why})")
@@ -305,23 +338,38 @@ def _backend_order(names) -> list[str]:
     return sorted(names, key=lambda b: BACKENDS.index(b) if b in BACKENDS else len(BACKENDS))
 
 
-def plot(gen: pd.DataFrame, path) -> None:
+# what one figure shows at most: more would make an unreadable (and, for 1,000 machines, 432,000-pixel) image
+MAX_PANELS, MAX_GROUPS, MAX_LABEL = 6, 12, 60
+
+
+def plot(gen: pd.DataFrame, path, fmt: str = "png") -> list[str]:
     """Speedup against eager, one panel per device (named once, in its title), one group of bars per
-    (size, batch, dtype), one bar per backend, a line at 1x; each bar labelled with its speedup."""
+    (size, batch, dtype), one bar per backend, a line at 1x; each bar labelled with its speedup. At most
+    MAX_PANELS devices and MAX_GROUPS groups each; returns a line for what was left out (the CSV and the
+    markdown hold every result)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = gen.dropna(subset=["speedup_vs_eager"]).copy()
+    if rows.empty:
+        return [f"{path}: plot not written, no result has an eager result of its case to compare with"]
     labels = _device_labels(rows)
-    rows["panel"] = [labels[m, d] for m, d in zip(rows.machine, rows.device)]
+    rows["panel"] = [_short(labels[m, d]) for m, d in zip(rows.machine, rows.device)]
     devices = sorted(rows.panel.unique())
-    backends = [b for b in _backend_order(rows.backend.unique()) if b != "eager"]
-    groups = {
-        d: rows[rows.panel == d].pivot_table(index=KEY[2:], columns="backend", values="speedup_vs_eager")
-        for d in devices
-    }
+    left_out = []
+    if len(devices) > MAX_PANELS:
+        left_out.append(f"{len(devices) - MAX_PANELS} of {len(devices)} devices")
+        devices = devices[:MAX_PANELS]
+    backends = [b for b in _backend_order(rows[rows.panel.isin(devices)].backend.unique()) if b != "eager"]
+    groups = {}
+    for d in devices:
+        table = rows[rows.panel == d].pivot_table(index=KEY[2:], columns="backend", values="speedup_vs_eager")
+        if len(table) > MAX_GROUPS:
+            left_out.append(f"{len(table) - MAX_GROUPS} of {len(table)} cases of {d}")
+            table = table.iloc[:MAX_GROUPS]
+        groups[d] = table
     widest = max((len(g) for g in groups.values()), default=1)
     fig, axes = plt.subplots(len(devices), 1, figsize=(max(6.0, 1.6 * widest + 2), 3.6 * len(devices)), squeeze=False)
     width = 0.8 / max(1, len(backends))
@@ -351,9 +399,17 @@ def plot(gen: pd.DataFrame, path) -> None:
     axes[0, 0].legend(loc="upper left", fontsize=8, ncols=min(len(backends), 5), frameon=False)
     # two short lines fit the narrowest figure (6 in); bbox_inches="tight" keeps every label inside the PNG
     fig.suptitle("fastcyclegan: generator throughput against eager PyTorch\n(higher is faster; dashed line: eager)")
+    if left_out:
+        fig.text(0.5, 0.0, _short("not shown (see the CSV): " + "; ".join(left_out), 140), ha="center", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png", bbox_inches="tight")
+    fig.savefig(path, dpi=120, format=fmt, bbox_inches="tight")
     plt.close(fig)
+    return [f"{path}: the plot leaves out {'; '.join(left_out)} (the CSV and markdown have them)"] if left_out else []
+
+
+def _short(text: str, limit: int = MAX_LABEL) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _superseded(raw: pd.DataFrame, key: list[str]) -> list[str]:
@@ -382,15 +438,29 @@ def _csv_safe(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _check_output(label: str, path) -> None:
-    """Before anything is written: an output must be a file in an existing folder."""
-    if path is None or str(path) == "-":
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise ReportError(f"--{label} {path}: is a folder; expected a file name")
-    if not path.parent.is_dir():
-        raise ReportError(f"--{label} {path}: folder {path.parent} does not exist")
+_PLOT_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+
+
+def _check_outputs(outputs: dict) -> None:
+    """Before anything is written: each output a file that can be written, in an existing folder, none named
+    twice; `-` (standard output) for the CSV only; the plot's format from its name (.png, .svg, .pdf)."""
+    named = {label: Path(path) for label, path in outputs.items() if path is not None and str(path) != "-"}
+    for label, path in outputs.items():
+        if path is not None and str(path) == "-" and label != "csv":
+            raise ReportError(f"--{label} -: only --csv writes to standard output; give a file name")
+    for label, path in named.items():
+        if path.is_dir():
+            raise ReportError(f"--{label} {path}: is a folder; expected a file name")
+        if not path.parent.is_dir():
+            raise ReportError(f"--{label} {path}: folder {path.parent} does not exist")
+        if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise ReportError(f"--{label} {path}: cannot be written (no permission)")
+        twins = [other for other, p in named.items() if other != label and p.resolve() == path.resolve()]
+        if twins:
+            raise ReportError(f"--{label} {path}: --{twins[0]} writes the same file; give each output its own name")
+    plot = named.get("plot")
+    if plot is not None and plot.suffix.lower() not in _PLOT_FORMATS:
+        raise ReportError(f"--plot {plot}: expected a name ending in {', '.join(_PLOT_FORMATS)} (the format written)")
 
 
 def _write(label: str, path: Path, content: str | bytes) -> None:
@@ -408,8 +478,7 @@ def _write(label: str, path: Path, content: str | bytes) -> None:
 def report(paths, csv_path=None, markdown_path=None, plot_path=None) -> tuple[str, list[str]]:
     """Write what was asked for; return (markdown, problems). `csv_path` "-" means standard output.
     Raises ReportError if nothing could be read or an output cannot be written (checked before any is)."""
-    for label, path in (("csv", csv_path), ("markdown", markdown_path), ("plot", plot_path)):
-        _check_output(label, path)
+    _check_outputs({"csv": csv_path, "markdown": markdown_path, "plot": plot_path})
     if plot_path:
         try:
             import matplotlib  # noqa: F401
@@ -438,6 +507,8 @@ def report(paths, csv_path=None, markdown_path=None, plot_path=None) -> tuple[st
             problems.append(f"{plot_path}: not written, no timed generator results")
         else:
             buffer = io.BytesIO()
-            plot(gen, buffer)
-            _write("plot", plot_path, buffer.getvalue())
+            notes = plot(gen, buffer, _PLOT_FORMATS[Path(plot_path).suffix.lower()])
+            if buffer.getvalue():
+                _write("plot", plot_path, buffer.getvalue())
+            problems += notes
     return text, problems

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -386,3 +387,105 @@ def test_a_killed_bench_run_keeps_its_finished_cases_for_the_report(tmp_path):
     _, problems = report(files, csv)
     df = pd.read_csv(csv)
     assert problems == [] and sorted(df.backend) == ["eager", "fast"] and (df["size"] == 32).all()
+
+
+def test_a_fifo_and_a_link_to_dev_zero_named_json_are_skipped_not_read(suite_json, tmp_path, capsys):
+    fifo, zero = tmp_path / "fifo.json", tmp_path / "zero.json"
+    os.mkfifo(fifo)
+    zero.symlink_to("/dev/zero")
+    csv = tmp_path / "out.csv"
+    assert main(["report", str(suite_json), str(fifo), str(zero), "--csv", str(csv)]) == 1  # returns: no hang
+    err = capsys.readouterr().err
+    assert "fifo.json: not a regular file" in err and "zero.json: not a regular file" in err and csv.exists()
+
+
+@pytest.mark.parametrize(
+    "field, value, why",
+    [
+        ("img_per_s", float("inf"), "'img_per_s' is inf, expected a finite number > 0"),
+        ("img_per_s", 0.0, "'img_per_s' is 0.0, expected a finite number > 0"),
+        ("img_per_s", float("nan"), "'img_per_s' is nan"),
+        ("size", 10**400, "'size' is 1000000000"),
+        ("tflop_s", float("inf"), "'tflop_s' is inf, expected a finite number"),
+    ],
+    ids=["infinite-rate", "zero-rate", "nan-rate", "huge-int", "infinite-other"],
+)
+def test_a_value_no_run_can_have_is_named_and_skipped(suite_json, tmp_path, capsys, field, value, why):
+    def edit(data):
+        _generator_rows(data)[0]["extra_info"][field] = value
+
+    bad = _with(suite_json, tmp_path, "bad.json", edit)  # json writes Infinity, NaN and the integer as they are
+    csv = tmp_path / "out.csv"
+    assert main(["report", str(bad), "--csv", str(csv), "--plot", str(tmp_path / "p.png")]) == 1
+    err = capsys.readouterr().err
+    assert why in err and "Traceback" not in err and len(pd.read_csv(csv)) == 7
+
+
+def test_no_eager_result_to_compare_with_is_said_not_a_traceback(suite_json, tmp_path, capsys):
+    def edit(data):
+        data["benchmarks"] = [b for b in data["benchmarks"] if b["extra_info"].get("backend") != "eager"]
+
+    path = _with(suite_json, tmp_path, "no_eager.json", edit)
+    plot_path = tmp_path / "p.png"
+    assert main(["report", str(path), "--csv", str(tmp_path / "out.csv"), "--plot", str(plot_path)]) == 1
+    assert "plot not written, no result has an eager result" in capsys.readouterr().err and not plot_path.exists()
+
+
+@pytest.mark.parametrize(
+    "outputs, message",
+    [
+        (["--markdown", "-"], "--markdown -: only --csv writes to standard output"),
+        (["--csv", "{d}/same", "--markdown", "{d}/same"], "writes the same file"),
+        (["--plot", "{d}/p.jpg"], "--plot {d}/p.jpg: expected a name ending in .png, .svg, .pdf"),
+        (["--csv", "{d}/out.csv", "--markdown", "{d}/locked/out.md"], "cannot be written (no permission)"),
+    ],
+    ids=["markdown-dash", "same-file", "plot-format", "unwritable-after-writable"],
+)
+def test_outputs_are_checked_before_anything_is_written(suite_json, tmp_path, capsys, monkeypatch, outputs, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "locked").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == tmp_path / "locked" else real_access(p, mode))
+    args = [o.format(d=tmp_path) for o in outputs]
+    assert main(["report", str(suite_json), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message.format(d=tmp_path) in err and "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["locked"]  # nothing written, no file named "-"
+
+
+@pytest.mark.parametrize("suffix, magic", [(".svg", b"<?xml"), (".pdf", b"%PDF")])
+def test_the_plot_format_follows_its_name(suite_json, tmp_path, suffix, magic):
+    plot_path = tmp_path / f"p{suffix}"
+    report([suite_json], plot_path=plot_path)
+    assert plot_path.read_bytes().startswith(magic)
+
+
+def test_the_plot_of_40000_results_on_1000_machines_is_bounded(suite_json, tmp_path):
+    """One figure of at most 6 devices and 12 cases each, made in seconds, what was left out said."""
+    data = json.loads(suite_json.read_text())
+    template = _generator_rows(data)[:3]  # eager, eager_cl, fast at one case
+    rows = []
+    for machine in range(1000):
+        for size in range(1, 14):
+            for bench in template:
+                info = {**bench["extra_info"], "device": f"CPU {machine}", "size": size * 8}
+                rows.append({**bench, "extra_info": info})
+    data["benchmarks"] = rows  # 39,000 results
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps(data))
+    argv = ["report", str(big), "--plot", str(tmp_path / "p.png"), "--csv", str(tmp_path / "o.csv")]
+    code = (
+        "import resource, sys, time\n"
+        "from fastcyclegan.cli import main\n"
+        "start = time.perf_counter()\n"
+        f"code = main({argv!r})\n"
+        "print(code, time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    status, seconds, max_rss_kb = done.stdout.split()
+    assert status == "1" and float(seconds) < 30 and int(max_rss_kb) < 1 << 20, done.stdout
+    assert "the plot leaves out 994 of 1000 devices" in done.stderr
+    from PIL import Image
+
+    width, height = Image.open(tmp_path / "p.png").size
+    assert width < 4000 and height < 4000
