@@ -305,7 +305,14 @@ def describe_module(module: nn.Module) -> GeneratorSpec:
     if not isinstance(module, nn.Module):
         raise NotAGenerator(f"is a {type(module).__name__}; from_module expects an nn.Module")
     module = _unwrap(module)
-    leaves = [(name, m) for name, m in module.named_modules() if not list(m.children())]
+    for name, m in module.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            raise NotAGenerator(
+                f"has forward hooks on '{name or type(module).__name__}': they can change what it computes, which "
+                "its layers cannot show; remove them to convert"
+            )
+    # every use of a layer, in registration order (a ReLU object used twice counts twice)
+    leaves = [(name, m) for name, m in module.named_modules(remove_duplicate=False) if not list(m.children())]
     pending_pad = 0
     for name, layer in leaves:
         for kind, why in _REFUSED_LAYERS.items():
@@ -321,15 +328,60 @@ def describe_module(module: nn.Module) -> GeneratorSpec:
         if isinstance(layer, nn.InstanceNorm2d) and layer.eps != 1e-5:
             raise NotAGenerator(f"has an instance norm with eps={layer.eps}: '{name}'; the generator's is 1e-05")
         if isinstance(layer, nn.ConvTranspose2d) and (
-            layer.stride != (2, 2) or layer.padding != (1, 1) or layer.output_padding != (1, 1)
+            layer.stride != (2, 2)
+            or layer.padding != (1, 1)
+            or layer.output_padding != (1, 1)
+            or layer.dilation != (1, 1)
+            or layer.groups != 1
+            or layer.kernel_size != (3, 3)
         ):
             raise NotAGenerator(f"has a transposed conv that does not exactly double H and W: '{name}' is {layer}")
         if isinstance(layer, nn.ReflectionPad2d):
+            if len(set(layer.padding)) != 1:
+                raise NotAGenerator(f"pads unevenly: '{name}' is {layer}; the generator pads every side alike")
             pending_pad = layer.padding[0]
         elif isinstance(layer, nn.Conv2d):
             _check_conv_padding(name, layer, pending_pad)
             pending_pad = 0
+    _check_sequence([(name, layer) for name, layer in leaves if not isinstance(layer, nn.ReflectionPad2d)])
     return describe_state(module.state_dict())
+
+
+def _token(layer: nn.Module) -> str:
+    """What a layer is in the generator's grammar: conv kxk with its stride, transposed conv, norm, ReLU, Tanh."""
+    if isinstance(layer, nn.ConvTranspose2d):
+        return "convT"
+    if isinstance(layer, nn.Conv2d):
+        return f"conv{layer.kernel_size[0]}x{layer.kernel_size[1]}/{layer.stride[0]}"
+    for kind, token in ((nn.InstanceNorm2d, "norm"), (nn.ReLU, "relu"), (nn.Tanh, "tanh")):
+        if isinstance(layer, kind):
+            return token
+    return type(layer).__name__
+
+
+def _check_sequence(layers: list[tuple[str, nn.Module]]) -> None:
+    """The layers that shape the output (convs, norms, activations; pads are checked with their conv) are
+    the paper's, in its order: c7s1 norm relu, 2 x (3x3/2 conv norm relu), n blocks of (3x3 conv norm relu
+    3x3 conv norm), 2 x (transposed conv norm relu), 7x7 conv tanh. What a forward computes beyond its
+    layers (an activation after the residual add written as F.relu) cannot be seen here."""
+    got = [_token(layer) for _, layer in layers]
+    blocks = max(0, (len(got) - 17) // 5)
+    expected = ["conv7x7/1", "norm", "relu"] + ["conv3x3/2", "norm", "relu"] * 2
+    expected += ["conv3x3/1", "norm", "relu", "conv3x3/1", "norm"] * blocks
+    expected += ["convT", "norm", "relu"] * 2 + ["conv7x7/1", "tanh"]
+    for k, (token, want) in enumerate(zip(got, expected)):
+        if token != want:
+            name, layer = layers[k]
+            raise NotAGenerator(
+                f"differs from the paper's ResNet generator at layer '{name}' ({layer}): a {token} where the "
+                f"generator has a {want}"
+            )
+    if len(got) != len(expected):
+        extra = f"ends after '{layers[-1][0]}'" if len(got) < len(expected) else f"has '{layers[len(expected)][0]}'"
+        raise NotAGenerator(
+            f"differs from the paper's ResNet generator: {len(got)} convs, norms and activations where a generator "
+            f"of {blocks} blocks has {len(expected)} (it {extra})"
+        )
 
 
 def _check_conv_padding(name: str, conv: nn.Conv2d, reflected: int) -> None:

@@ -329,3 +329,57 @@ def test_near_white_photo_keeps_its_precision_on_the_cpu_path():
         ref.float()
         err_fast, err_ref = rms_error(fast(x), expected), rms_error(ref(x), expected)
     assert err_fast <= 2 * err_ref, (err_fast, err_ref)
+
+
+class _ReluAfterAdd(nn.Module):
+    """A residual block that applies a ReLU module after its add: visible as an extra layer."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.conv_block, self.relu = block.conv_block, nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(x + self.conv_block(x))
+
+
+def _variant(edit):
+    g = Generator(2, ngf=8)
+    edit(g.model)
+    return g
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (
+            lambda: _variant(lambda m: m.__setitem__(10, _ReluAfterAdd(m[10]))),
+            r"at layer 'model\.10\.relu' \(ReLU\(\)\): a relu where the generator has a conv3x3/1",
+        ),
+        (lambda: _variant(lambda m: m.__setitem__(len(m) - 1, nn.ReLU())), r"a relu where the generator has a tanh"),
+        (lambda: nn.Sequential(Generator(2, ngf=8), nn.Tanh()), r"it has '1'"),
+        (
+            lambda: _variant(lambda m: m.__setitem__(0, nn.ReflectionPad2d((3, 3, 2, 4)))),
+            r"pads unevenly: 'model\.0'",
+        ),
+        (
+            lambda: _variant(
+                lambda m: m.__setitem__(
+                    12, nn.ConvTranspose2d(32, 16, 3, stride=2, padding=1, output_padding=1, dilation=2)
+                )
+            ),
+            r"transposed conv that does not exactly double H and W: 'model\.12'",
+        ),
+    ],
+    ids=["relu-after-add", "relu-for-tanh", "extra-tanh", "uneven-stem-pad", "dilated-transposed-conv"],
+)
+def test_modules_whose_layers_differ_from_the_papers_are_refused_naming_the_layer(build, message):
+    """Each of these ran before and gave other outputs (max |diff| up to 1.4, or 36 px for 32)."""
+    with pytest.raises(ValueError, match=message):
+        FastGenerator.from_module(build())
+
+
+def test_a_module_with_forward_hooks_is_refused():
+    g = Generator(2, ngf=8)
+    g.model[3].register_forward_hook(lambda module, args, out: out * 2)
+    with pytest.raises(ValueError, match=r"forward hooks on 'model\.3'"):
+        FastGenerator.from_module(g)
