@@ -17,6 +17,7 @@ import collections
 import errno
 import hashlib
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -107,6 +108,14 @@ class _Images(torch.utils.data.Dataset):
             return i, load_image(self.paths[i], self.size, self.channels), None
         except Exception as err:  # unreadable or truncated: reported and skipped, never fatal
             return i, None, f"{type(err).__name__}: {err}"
+
+
+def _leave_signals_to_the_main_process(worker_id: int) -> None:
+    """In each decoding process: Ctrl-C and SIGTERM sent to the whole process group (a terminal, GNU
+    timeout, docker stop, Slurm) are the main process's to handle; it stops the workers itself, so the run
+    ends as interrupted (130, one line) instead of on a worker killed under the loader."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _collate(items):
@@ -407,6 +416,7 @@ def run_translation(plan: Plan) -> Summary:
         num_workers=plan.workers,
         collate_fn=_collate,
         pin_memory=plan.device.type == "cuda",
+        worker_init_fn=_leave_signals_to_the_main_process,
     )
     n_writers = max(2, min(8, os.cpu_count() or 1))
     most_waiting = max(2 * batch_size, 4 * n_writers)  # decoded outputs held for the writers, at most
@@ -428,34 +438,40 @@ def run_translation(plan: Plan) -> Summary:
     with ThreadPoolExecutor(max_workers=n_writers) as writer, torch.inference_mode():
         waiting: collections.deque = collections.deque()
         batches = iter(loader)
-        while stopped is None:
-            t0 = time.perf_counter()
-            item = next(batches, None)
-            t1 = time.perf_counter()
-            summary.stages["decode"] += t1 - t0
-            if item is None:
-                break
-            indices, batch, failed = item
-            for i, err in failed:
-                done.add(i)
-                summary.failed.append((todo[i], f"unreadable image ({err})"))
-            if batch is not None:
-                n = len(indices)
-                if run.compile_mode and n < batch_size:  # a compiled graph keeps one batch shape
-                    batch = torch.cat([batch, batch[-1:].expand(batch_size - n, -1, -1, -1)])
-                x = run.prepare(batch.to(plan.device, plan.dtype, non_blocking=True))
-                pixels = to_uint8(run.run(x)[:n])  # .cpu(): waits for the device
-                waiting += [(writer.submit(_write_png, pixels[k], outputs[i]), i) for k, i in enumerate(indices)]
-            t2 = time.perf_counter()
-            summary.stages["compute"] += t2 - t1
-            while len(waiting) > most_waiting:  # push back: the writers catch up before more is decoded
-                settle(*waiting.popleft())
-            summary.stages["write"] += time.perf_counter() - t2
-            bar.update(len(indices) + len(failed))
+        try:
+            while stopped is None:
+                t0 = time.perf_counter()
+                item = next(batches, None)
+                t1 = time.perf_counter()
+                summary.stages["decode"] += t1 - t0
+                if item is None:
+                    break
+                indices, batch, failed = item
+                for i, err in failed:
+                    done.add(i)
+                    summary.failed.append((todo[i], f"unreadable image ({err})"))
+                if batch is not None:
+                    n = len(indices)
+                    if run.compile_mode and n < batch_size:  # a compiled graph keeps one batch shape
+                        batch = torch.cat([batch, batch[-1:].expand(batch_size - n, -1, -1, -1)])
+                    x = run.prepare(batch.to(plan.device, plan.dtype, non_blocking=True))
+                    pixels = to_uint8(run.run(x)[:n])  # .cpu(): waits for the device
+                    waiting += [(writer.submit(_write_png, pixels[k], outputs[i]), i) for k, i in enumerate(indices)]
+                t2 = time.perf_counter()
+                summary.stages["compute"] += t2 - t1
+                while len(waiting) > most_waiting:  # push back: the writers catch up before more is decoded
+                    settle(*waiting.popleft())
+                summary.stages["write"] += time.perf_counter() - t2
+                bar.update(len(indices) + len(failed))
+        except RuntimeError as err:  # a decoding worker died (the OOM killer's SIGKILL): no more batches
+            if "DataLoader worker" not in str(err):  # raised wherever the main process was when it noticed
+                raise
+            stopped = f"a decoding process died ({str(err).splitlines()[0].rstrip('. ')})"
         t3 = time.perf_counter()
         while waiting:
             settle(*waiting.popleft())
         summary.stages["write"] += time.perf_counter() - t3
+    del batches  # the loader's workers shut down here, not in the interpreter's exit
     if stopped is not None:
         summary.failed += [(p, f"not attempted: stopped after {stopped}") for i, p in enumerate(todo) if i not in done]
     summary.seconds = time.perf_counter() - start

@@ -1,6 +1,8 @@
 """fastcyclegan translate: outputs equal the reference module's, resume, --overwrite, and the error cases."""
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -406,3 +408,58 @@ def test_a_symlinked_folder_is_followed_once_even_when_it_loops(tmp_path):
     (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     (root / "real" / "loop").symlink_to(root, target_is_directory=True)  # a link back up the tree
     assert [p.relative_to(root).as_posix() for p in find_images(root)] == ["linked/b.png", "real/a.png"]
+
+
+@pytest.fixture(scope="module")
+def long_job(tmp_path_factory):
+    """A run of several seconds on a CPU: 300 photos-sized inputs for a 6-block generator at 192x192."""
+    root = tmp_path_factory.mktemp("long")
+    rng = np.random.default_rng(0)
+    (root / "in").mkdir()
+    for k in range(300):
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(root / "in" / f"{k:03d}.png")
+    torch.manual_seed(0)
+    torch.save(Generator(6, ngf=16).state_dict(), root / "g.pth")
+    return root
+
+
+def _start(job, out, *command_prefix):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TRITON_INTERPRET"))}
+    command = [*command_prefix, sys.executable, "-m", "fastcyclegan", "translate", str(job / "g.pth"), str(job / "in")]
+    command += [str(out), "--size", "192", "--batch-size", "4", "--workers", "2", "--quiet"]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_outputs(out, process, count=8):
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.png"))) < count and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+
+
+@pytest.mark.parametrize("trial", range(2))
+def test_sigterm_to_the_process_group_is_an_interrupt_one_line_exit_130(long_job, tmp_path, trial):
+    """GNU timeout, docker stop and Slurm signal the whole process group, the decoding workers included."""
+    out = tmp_path / "out"
+    process = _start(long_job, out, "setsid")  # its own process group, as under GNU timeout
+    _wait_for_outputs(out, process)
+    os.killpg(process.pid, signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert stderr.strip() == "fastcyclegan translate: interrupted; finished outputs are kept, rerun to resume"
+    assert not list(out.glob(".*.partial")) and all(Image.open(p).size == (192, 192) for p in out.glob("*.png"))
+
+
+def test_a_killed_decoding_worker_ends_the_run_with_exit_1_naming_what_was_not_written(long_job, tmp_path):
+    out = tmp_path / "out"
+    process = _start(long_job, out)
+    _wait_for_outputs(out, process)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    os.kill(int(children[0]), signal.SIGKILL)  # as the OOM killer does
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr[-2000:]
+    written = {p.stem for p in out.glob("*.png")}
+    named = {line.split()[1] for line in stderr.splitlines() if line.startswith("failed ")}
+    assert len(written) + len(named) == 300 and not written & {Path(n).stem for n in named}
+    assert "stopped after a decoding process died" in stderr and "Traceback" not in stderr
+    assert re.search(r"translated \d+ images in .*, failed [1-9]\d*;", stdout)
