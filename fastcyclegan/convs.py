@@ -69,8 +69,8 @@ def _transposed(conv: nn.ConvTranspose2d, h: Tensor) -> Tensor:
 def conv_without_bias(conv: nn.Conv2d | nn.ConvTranspose2d, h: Tensor) -> Tensor:
     """conv(h) without its bias. Every conv but the head feeds an instance norm, which removes a per-channel
     constant exactly: IN(z + b) = IN(z), affine or not. So the add is wasted work (on cuDNN's channels-last
-    path a kernel of its own per conv); the parameter and its key stay, and its gradient, zero in exact
-    arithmetic in the reference too, is left None."""
+    path a kernel of its own per conv); the parameter and its key stay, and the norm after the conv gives it
+    its exact gradient, zero (`fast.norm_after`)."""
     if isinstance(conv, nn.ConvTranspose2d):
         return _transposed(conv, h)
     if _packed(h, conv):

@@ -30,9 +30,12 @@ def _interior(padded: Tensor, pad: int) -> Tensor:
 
 def norm_after(layers: nn.Sequential, conv: int, z: Tensor, **fused) -> Tensor:
     """The fused norm of the instance norm after layers[conv] (its affine weight and bias and its eps) on
-    that conv's output z, with the ReLU, residual add and padding given in `fused`."""
+    that conv's output z, computed without the conv's bias (the norm removes it), with the ReLU, residual add
+    and padding given in `fused`. The bias goes to the op all the same, which gives it its exact gradient,
+    zero: every parameter gets a gradient, as in the reference (DistributedDataParallel needs that)."""
     norm = layers[GeneratorLayout.norm_after(conv)]
-    return instance_norm(z, weight=norm.weight, bias=norm.bias, eps=norm.eps, **fused)
+    conv_bias = layers[conv].bias
+    return instance_norm(z, weight=norm.weight, bias=norm.bias, conv_bias=conv_bias, eps=norm.eps, **fused)
 
 
 def _conv_norm(layers: nn.Sequential, conv: int, h: Tensor, **fused) -> Tensor:

@@ -69,8 +69,10 @@ def _instance_norm(
     relu: bool,
     eps: float,
     pad: int,
+    conv_bias: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns (y, mean, rstd): y reflection-padded by `pad`; mean and rstd (N, C) in fp32 (fp64 for fp64 x)."""
+    """Returns (y, mean, rstd): y reflection-padded by `pad`; mean and rstd (N, C) in fp32 (fp64 for fp64 x).
+    conv_bias, the bias of the conv that made x, is not read: the norm removes any per-channel constant."""
     return _forward_impl(x, residual, weight, bias, relu, eps, pad)
 
 
@@ -82,7 +84,7 @@ def _forward_impl(x, residual, weight, bias, relu: bool, eps: float, pad: int):
 
 
 @_instance_norm.register_fake
-def _(x, residual, weight, bias, relu, eps, pad):
+def _(x, residual, weight, bias, relu, eps, pad, conv_bias=None):
     x = plane_layout(x)
     stats = x.new_empty(x.shape[:2], dtype=stats_dtype(x))
     return padded_empty(x, pad), stats, torch.empty_like(stats)
@@ -110,16 +112,16 @@ def _(dz, x, mean, rstd, weight, bias, relu):
 
 
 def _setup_context(ctx, inputs, output):
-    x, residual, weight, bias, relu, _eps, pad = inputs
+    x, residual, weight, bias, relu, _eps, pad, conv_bias = inputs
     _y, mean, rstd = output
-    ctx.save_for_backward(plane_layout(x), mean, rstd, weight, bias)
+    ctx.save_for_backward(plane_layout(x), mean, rstd, weight, bias, conv_bias)
     ctx.relu, ctx.pad = relu, pad
     ctx.has_residual = residual is not None
     ctx.mark_non_differentiable(mean, rstd)
 
 
 def _backward(ctx, dy, _dmean, _drstd):
-    x, mean, rstd, weight, bias = ctx.saved_tensors
+    x, mean, rstd, weight, bias, conv_bias = ctx.saved_tensors
     dz = fold_reflect_pad(dy, ctx.pad) if ctx.pad else dy  # gradient of the unpadded act(IN(x)) + residual
     need_x, need_residual, need_weight, need_bias = ctx.needs_input_grad[:4]
     dx = dweight = dbias = None
@@ -129,7 +131,11 @@ def _backward(ctx, dy, _dmean, _drstd):
         dweight = sum_gx.sum(dim=0).to(weight.dtype) if need_weight else None
         dbias = sum_g.sum(dim=0).to(bias.dtype) if need_bias else None
     dresidual = dz if ctx.has_residual and need_residual else None
-    return dx, dresidual, dweight, dbias, None, None, None
+    # IN(z + b) = IN(z): the conv bias's gradient is exactly zero, and it gets one (DDP fails on a None).
+    # A call that leaves conv_bias at its default has seven inputs, and takes seven gradients.
+    given = len(ctx.needs_input_grad)
+    dconv_bias = torch.zeros_like(conv_bias) if given > 7 and ctx.needs_input_grad[7] else None
+    return (dx, dresidual, dweight, dbias, None, None, None, dconv_bias)[:given]
 
 
 _instance_norm.register_autograd(_backward, setup_context=_setup_context)
@@ -159,6 +165,7 @@ def instance_norm(
     *,
     weight: Optional[Tensor] = None,
     bias: Optional[Tensor] = None,
+    conv_bias: Optional[Tensor] = None,
     relu: bool = False,
     eps: float = 1e-5,
     pad: int = 0,
@@ -171,8 +178,10 @@ def instance_norm(
     extra pass: the next 3x3 (pad=1) or 7x7 (pad=3) conv reads the output directly. residual: None or a
     tensor of x's shape, dtype and device, any strides (the interior view of a padded output works).
     weight, bias: None (as in `nn.InstanceNorm2d(C)`) or both (C,) float tensors (`affine=True`), any float
-    dtype; both get gradients. Statistics are per (image, channel) over H*W and accumulate in fp32 (fp64 for
-    fp64 x).
+    dtype; both get gradients. conv_bias: None or the (C,) bias of the conv that made x, left out of that
+    conv: the norm would remove it exactly, so it is not read, and its gradient is exactly zero; passing it
+    gives it that zero gradient (DistributedDataParallel and gradient clipping expect one for every
+    parameter). Statistics are per (image, channel) over H*W and accumulate in fp32 (fp64 for fp64 x).
     """
     if not isinstance(x, Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -190,6 +199,9 @@ def instance_norm(
                 f"got shape {tuple(residual.shape)}, {residual.dtype} on {residual.device}"
             )
     _check_affine(x, weight, bias)
+    if conv_bias is not None and (not isinstance(conv_bias, Tensor) or conv_bias.shape != x.shape[1:2]):
+        got = tuple(conv_bias.shape) if isinstance(conv_bias, Tensor) else type(conv_bias).__name__
+        raise ValueError(f"conv_bias must be a tensor of shape ({x.shape[1]},) (one value per channel), got {got}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
         raise ValueError(f"eps must be a finite number >= 0 (added to each plane's variance), got {eps!r}")
     if isinstance(pad, bool) or not isinstance(pad, int):
@@ -200,9 +212,9 @@ def instance_norm(
         )
     if weight is not None:
         weight, bias = weight.contiguous(), bias.contiguous()  # the kernels index them with stride 1
-    if _plain_inference(x, residual, weight, bias):
+    if _plain_inference(x, residual, weight, bias, conv_bias):
         return _forward_impl(x, residual, weight, bias, relu, float(eps), int(pad))[0]
-    return torch.ops.fastcyclegan.instance_norm(x, residual, weight, bias, relu, float(eps), int(pad))[0]
+    return torch.ops.fastcyclegan.instance_norm(x, residual, weight, bias, relu, float(eps), int(pad), conv_bias)[0]
 
 
 def _plain_inference(*tensors) -> bool:

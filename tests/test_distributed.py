@@ -1,6 +1,7 @@
 """`fastcyclegan translate` under torchrun with 2 CPU processes (gloo): every input once, the pixels of one
 process, one summary, resume after a change or a killed process, and a job that cannot start fails fast."""
 
+import json
 import os
 import re
 import signal
@@ -193,3 +194,50 @@ def test_a_timeout_that_is_no_positive_finite_number_of_seconds_is_a_usage_error
     assert (
         f"--dist-timeout: expected seconds, a number > 0 and at most 604800; got '{value}'" in capsys.readouterr().err
     )
+
+
+_DDP_STEPS = """
+import copy, json, torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from fastcyclegan import FastGenerator, Generator
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+reference = Generator(1, ngf=8)
+result = {}
+for name, model in (("reference", copy.deepcopy(reference)), ("fast", FastGenerator.from_module(reference))):
+    ddp = DistributedDataParallel(model)  # find_unused_parameters=False, the default
+    optimizer = torch.optim.Adam(ddp.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    data = torch.Generator().manual_seed(100 + rank)  # each rank its own images
+    losses = []
+    for step in range(3):
+        x, target = torch.rand(2, 3, 32, 32, generator=data) * 2 - 1, torch.rand(2, 3, 32, 32, generator=data)
+        optimizer.zero_grad()
+        loss = (ddp(x) - target).abs().mean()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    grads = {k: None if p.grad is None else p.grad.abs().max().item() for k, p in model.named_parameters()}
+    result[name] = {"losses": losses, "grads": grads}
+if rank == 0:
+    print(json.dumps(result))
+dist.destroy_process_group()
+"""
+
+
+def test_fastgenerator_trains_under_ddp_like_the_reference(tmp_path):
+    """DistributedDataParallel with find_unused_parameters=False (its default) needs a gradient for every
+    parameter: the conv biases FastGenerator leaves out (the norm removes them) get exactly zero."""
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_STEPS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    reference, fast = result["reference"], result["fast"]
+    np.testing.assert_allclose(fast["losses"], reference["losses"], rtol=1e-5, atol=1e-6)
+    assert all(g is not None for g in fast["grads"].values())
+    head_bias = "model.18.bias"  # 1 block: the head is model.18
+    before_norms = [k for k in fast["grads"] if k.endswith(".bias") and k != head_bias]
+    assert len(before_norms) == 7 and all(fast["grads"][k] == 0.0 for k in before_norms)

@@ -349,6 +349,21 @@ def test_opcheck(residual):
     torch.library.opcheck(op, (x, r, w, b, False, 1e-5, 2))
     xcl = x.detach().to(memory_format=torch.channels_last).requires_grad_()
     torch.library.opcheck(op, (xcl, None, w, b, True, 1e-5, 1))
+    conv_bias = torch.randn(5, requires_grad=True)
+    torch.library.opcheck(op, (x, r, w, b, True, 1e-5, 1, conv_bias))
+
+
+def test_the_conv_bias_is_not_read_and_gets_an_exact_zero_gradient():
+    """IN(z + b) = IN(z): the op takes the bias its input's conv left out, ignores it, and gives it zero."""
+    x = torch.randn(2, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    conv_bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    y = ops.instance_norm(x, conv_bias=conv_bias, relu=True, pad=1)
+    expected = reference_instance_norm(x + conv_bias[None, :, None, None], relu=True, pad=1)
+    torch.testing.assert_close(y, expected, atol=1e-12, rtol=1e-12)
+    y.square().sum().backward()
+    assert conv_bias.grad is not None and torch.equal(conv_bias.grad, torch.zeros(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"conv_bias must be a tensor of shape \(5,\)"):
+        ops.instance_norm(x, conv_bias=torch.zeros(3))
 
 
 def test_opcheck_backward_op():
