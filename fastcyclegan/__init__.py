@@ -1,8 +1,30 @@
-"""fastcyclegan: a drop-in fast CycleGAN generator for PyTorch, and the benchmarks that measure it."""
+"""fastcyclegan: a drop-in fast CycleGAN generator for PyTorch, and the benchmarks that measure it.
 
-from .fast import FastGenerator
-from .loader import load_generator
-from .reference import Discriminator, Generator, ResidualBlock
+The public names load on first use (PEP 562), so the command line starts without importing torch first.
+"""
 
-__all__ = ["Generator", "ResidualBlock", "Discriminator", "FastGenerator", "load_generator"]
+from __future__ import annotations
+
+import importlib
+
+_PUBLIC = {
+    "Generator": "reference",
+    "ResidualBlock": "reference",
+    "Discriminator": "reference",
+    "FastGenerator": "fast",
+    "load_generator": "loader",
+}
+__all__ = list(_PUBLIC)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastcyclegan' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -10,6 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
+from . import stopping
+
 # the modules each command needs beyond torch, and the extra that installs them
 _NEEDS = {"report": ("bench", ("pandas",)), "translate": ("images", ("PIL",))}
 
@@ -51,10 +53,6 @@ def _report(args) -> int:
     return 0
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _translate(args) -> int:
     from .distributed import Job, JobFailed
 
@@ -63,14 +61,15 @@ def _translate(args) -> int:
     except JobFailed as err:
         print(f"fastcyclegan translate: {err}", file=sys.stderr)
         return 2
-    # SIGTERM (torchrun stopping a job, a scheduler's preemption) unwinds like Ctrl-C: writes in progress
-    # finish or remove their temporaries, finished outputs stay
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _translate_alone(args) if job is None else _translate_in_job(args, job)
     except KeyboardInterrupt:
-        print("fastcyclegan translate: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
-        return 130
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    print("fastcyclegan translate: interrupted; finished outputs are kept, rerun to resume", file=sys.stderr)
+    return 130
 
 
 def _options(args) -> dict:
@@ -95,6 +94,8 @@ def _translate_alone(args) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"fastcyclegan translate: {err}", file=sys.stderr)
         return 2
+    if summary.interrupted:
+        return _interrupted()
     for path, why in summary.failed:
         print(f"failed {path}: {why}", file=sys.stderr)
     print(summary.line())
@@ -134,6 +135,8 @@ def _translate_in_job(args, job) -> int:
     finally:
         job.close()
     broken = [f"rank {rank}: {s}" for rank, s in enumerate(summaries) if isinstance(s, str)]
+    if not broken and any(s.interrupted for s in summaries):
+        return _interrupted() if job.rank == 0 else 130
     if job.rank == 0:
         for summary in summaries:
             for path, why in [] if isinstance(summary, str) else summary.failed:
@@ -141,9 +144,10 @@ def _translate_in_job(args, job) -> int:
         for line in broken:
             print(f"fastcyclegan translate: {line}", file=sys.stderr)
         print(job_line(summaries))
-    if broken:
-        return 2
-    return 1 if any(s.failed for s in summaries) else 0
+    status = 2 if broken else 1 if any(s.failed for s in summaries) else 0
+    if status and job.rank == 0:  # torchrun's own exit status is 1 whenever a process exits non-zero
+        print(f"fastcyclegan translate: the job's exit status is {status}", file=sys.stderr)
+    return status
 
 
 _MAX_TIMEOUT_S = 7 * 24 * 3600.0
@@ -227,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # Ctrl-C and SIGTERM (torchrun stopping a job, GNU timeout, docker stop, a scheduler's preemption) stop a
+    # translate run after the batch in hand: its decoding processes shut down, writes in progress finish,
+    # finished outputs stay; a second one interrupts at once. Installed before torch loads (it takes seconds).
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["translate"]:
+        signal.signal(signal.SIGINT, stopping.request_stop)
+        signal.signal(signal.SIGTERM, stopping.request_stop)
     args = build_parser().parse_args(argv)
     problem = missing_extra(args.command)
     if problem:

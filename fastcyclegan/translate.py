@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from . import stopping
 from .backends import DTYPES, build_backend
 from .devices import default_device
 from .loader import load_generator
@@ -137,6 +138,7 @@ class Summary:
     other_size: list[tuple[Path, tuple[int, int]]] = field(default_factory=list)  # skipped, made at another size
     size: int = 0  # the output size of this run (H and W)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    interrupted: bool = False  # stopped early by Ctrl-C or SIGTERM (stopping.request_stop)
     stages: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "compute": 0.0, "write": 0.0})
 
     @property
@@ -169,6 +171,17 @@ def other_size_note(summaries: list[Summary]) -> str:
         f" ({len(others)} of them {w}x{h} or another size, not the {size}x{size} this run makes: "
         "--overwrite replaces them)"
     )
+
+
+def _finished_png(path: Path) -> tuple[int, int] | None:
+    """The (width, height) of the PNG a run wrote at `path`, or None when there is none: no file, an empty
+    or truncated one, a link, anything but a PNG (all of which a resumed run writes again)."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+    except OSError:
+        return None
+    return png_size(path)
 
 
 def png_size(path: Path) -> tuple[int, int] | None:
@@ -282,6 +295,10 @@ def check_output_dir(input_dir: Path, output_dir: Path) -> None:
             f"output folder '{output_dir}' is the input folder: outputs would replace sources (--overwrite) or be "
             "read as inputs by the next run; choose another folder (one inside the input folder is fine)"
         )
+    resolved = output_dir.resolve()
+    pseudo = next((root for root in ("/proc", "/sys", "/dev") if resolved.is_relative_to(root)), None)
+    if pseudo is not None:
+        raise ValueError(f"output folder '{output_dir}' is under {pseudo}, a kernel filesystem, not storage")
     existing = next(p for p in (output_dir.absolute(), *output_dir.absolute().parents) if p.exists())
     if not existing.is_dir():
         raise ValueError(f"cannot create output folder '{output_dir}': '{existing}' is a file")
@@ -360,6 +377,12 @@ def plan_translation(
     if generator.checkpoint_key is not None and shard[0] == 0:
         print(f"using the state dict under '{generator.checkpoint_key}' of '{checkpoint}'", file=sys.stderr)
     out_size = 4 * -(-size // 4)  # the generator's output: H' = 4 * ceil(ceil(H / 2) / 2) = 4 * ceil(H / 4)
+    if out_size != size and shard[0] == 0:
+        print(
+            f"note: at --size {size} the generator's outputs are {out_size}x{out_size} (4 x ceil(size / 4)); "
+            f"a multiple of 4 gives outputs of the size asked for",
+            file=sys.stderr,
+        )
     summary = Summary(size=out_size, failed=list(unlisted) if shard[0] == 0 else [])
     todo, outputs, taken = [], [], set()
     for k, path in enumerate(images):
@@ -368,24 +391,22 @@ def plan_translation(
         if out in taken:
             if mine:
                 summary.failed.append((path, f"output name {out} is taken by another input"))
-        elif mine and out.exists() and not overwrite:
+        elif mine and out.is_dir():
+            summary.failed.append((path, f"a folder is where its output {out} goes"))
+        elif mine and not overwrite and (made := _finished_png(out)) is not None:
             summary.skipped.append((path, "output exists (use --overwrite)"))
-            made = png_size(out)
-            if made is not None and made != (out_size, out_size):
+            if made != (out_size, out_size):
                 summary.other_size.append((out, made))
         elif mine:
             outputs.append(out)
             todo.append(path)
         taken.add(out)
     remove_stale_temporaries(outputs)
-    run = build_backend(
-        backend,
-        generator,
-        device=target,
-        dtype=DTYPES[dtype_name],
-        example=torch.zeros(batch_size, generator.in_channels, size, size),
-    )
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    # no example input: only tensorrt compiles ahead of time, and translate does not offer it (an example
+    # batch at --size 2048 --batch-size 64 was 3.4 GB allocated for nothing)
+    run = build_backend(backend, generator, device=target, dtype=DTYPES[dtype_name])
+    # no more decoding processes than inputs (--workers 64 for 4 images started 64)
+    workers = min(min(4, os.cpu_count() or 1) if workers is None else workers, len(todo))
     return Plan(
         run,
         target,
@@ -440,6 +461,9 @@ def run_translation(plan: Plan) -> Summary:
         batches = iter(loader)
         try:
             while stopped is None:
+                if stopping.stop_requested():
+                    summary.interrupted = True
+                    break
                 t0 = time.perf_counter()
                 item = next(batches, None)
                 t1 = time.perf_counter()
@@ -467,11 +491,12 @@ def run_translation(plan: Plan) -> Summary:
             if "DataLoader worker" not in str(err):  # raised wherever the main process was when it noticed
                 raise
             stopped = f"a decoding process died ({str(err).splitlines()[0].rstrip('. ')})"
+        finally:
+            del batches  # the decoding processes shut down here (done event, join), also on a KeyboardInterrupt
         t3 = time.perf_counter()
         while waiting:
             settle(*waiting.popleft())
         summary.stages["write"] += time.perf_counter() - t3
-    del batches  # the loader's workers shut down here, not in the interpreter's exit
     if stopped is not None:
         summary.failed += [(p, f"not attempted: stopped after {stopped}") for i, p in enumerate(todo) if i not in done]
     summary.seconds = time.perf_counter() - start
