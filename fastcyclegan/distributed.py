@@ -49,7 +49,8 @@ class Job:
             ) from None
         if not 0 <= job.rank < job.world_size:
             raise JobFailed(f"RANK {job.rank} is outside WORLD_SIZE {job.world_size}")
-        return job
+        # a job of one process is a plain run (a WORLD_SIZE=1 RANK=0 left in a shell needs no process group)
+        return job if job.world_size > 1 else None
 
     def device(self, name: str) -> str:
         """The device this process runs on: `auto` and `cuda` become cuda:LOCAL_RANK (one GPU per process)

@@ -437,12 +437,16 @@ def _wait_for_outputs(out, process, count=8):
     assert process.poll() is None, "the run ended before it could be interrupted"
 
 
-@pytest.mark.parametrize("trial", range(2))
-def test_sigterm_to_the_process_group_is_an_interrupt_one_line_exit_130(long_job, tmp_path, trial):
-    """GNU timeout, docker stop and Slurm signal the whole process group, the decoding workers included."""
+@pytest.mark.parametrize("when", ["starting", "running"])
+def test_sigterm_to_the_process_group_is_an_interrupt_one_line_exit_130(long_job, tmp_path, when):
+    """GNU timeout, docker stop and Slurm signal the whole process group, the decoding workers included;
+    while the program starts (torch loading) or while it runs."""
     out = tmp_path / "out"
     process = _start(long_job, out, "setsid")  # its own process group, as under GNU timeout
-    _wait_for_outputs(out, process)
+    if when == "running":
+        _wait_for_outputs(out, process)
+    else:
+        time.sleep(1.0)  # the command line's handler is in place within ~50 ms; torch takes seconds to load
     os.killpg(process.pid, signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
@@ -463,3 +467,41 @@ def test_a_killed_decoding_worker_ends_the_run_with_exit_1_naming_what_was_not_w
     assert len(written) + len(named) == 300 and not written & {Path(n).stem for n in named}
     assert "stopped after a decoding process died" in stderr and "Traceback" not in stderr
     assert re.search(r"translated \d+ images in .*, failed [1-9]\d*;", stdout)
+
+
+def test_what_stands_at_an_output_name_counts_as_done_only_when_it_is_a_png(tmp_path, checkpoint, images):
+    """A folder in the way is named; an empty file or a link at an output name is no finished output: the
+    run writes it again."""
+    path, _ = checkpoint
+    out = tmp_path / "out"
+    (out / "nested").mkdir(parents=True)
+    (out / "rgb.png").mkdir()  # a folder where rgb.png goes
+    (out / "gray.png").write_bytes(b"")  # an empty file
+    (out / "nested" / "rgba.png").symlink_to(tmp_path / "elsewhere.png")  # a dangling link
+    summary = translate(path, images, out, size=SIZE, device="cpu", workers=0, progress=False)
+    failed = {p.name: why for p, why in summary.failed}
+    assert "a folder is where its output" in failed["rgb.png"]
+    assert summary.images == 3 and not summary.skipped
+    assert Image.open(out / "gray.png").size == (SIZE, SIZE) and not (out / "nested" / "rgba.png").is_symlink()
+
+
+def test_small_choices_are_said_or_bounded(tmp_path, checkpoint, images, capsys):
+    """--size 30 makes 32x32 outputs (said, once); --workers 64 for 5 inputs starts 5 decoding processes."""
+    from fastcyclegan.translate import plan_translation
+
+    plan = plan_translation(checkpoint[0], images, tmp_path / "out", size=30, device="cpu", workers=64, progress=False)
+    assert plan.workers == len(plan.todo) == 5 and plan.summary.size == 32  # 4 images and a corrupt one
+    assert "at --size 30 the generator's outputs are 32x32" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["/proc/self/fcg-out", "/sys/fcg-out"])
+def test_an_output_under_a_kernel_filesystem_is_refused_before_the_model_loads(tmp_path, images, capsys, where):
+    code = main(["translate", str(tmp_path / "missing.pth"), str(images), where, "--quiet"])
+    assert code == 2 and "a kernel filesystem, not storage" in capsys.readouterr().err
+
+
+def test_a_leftover_world_size_of_one_is_a_plain_run(tmp_path, checkpoint, images, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    code = main(["translate", str(checkpoint[0]), str(images), str(tmp_path / "out"), "--size", str(SIZE), "--quiet"])
+    assert code == 1 and "translated 4 images" in capsys.readouterr().out  # the corrupt input fails, named
