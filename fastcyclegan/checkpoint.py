@@ -157,6 +157,11 @@ def read_state_dict(source, *, map_location="cpu", key: str | None = None) -> tu
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
             raise ValueError(f"checkpoint {name} does not exist or is not a file")
+        wanted = map_location if isinstance(map_location, (str, torch.device)) else None
+        if wanted is not None and torch.device(wanted).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"cannot load checkpoint {name} onto {wanted}: no CUDA device is available (map_location='cpu')"
+            )
         loaded = _load_file(source, name, map_location)
     else:
         loaded = source

@@ -260,3 +260,11 @@ def test_weights_of_a_dtype_the_generator_does_not_compute_in_are_refused_naming
     torch.save(state, path)
     with pytest.raises(ValueError, match=rf"low\.pth.*{dtype} tensor under 'model\.1\.weight'; weights are float16"):
         load_generator(path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_map_location_cuda_without_cuda_says_so_not_truncated(tmp_path):
+    path = tmp_path / "g.pth"
+    torch.save(Generator(1, ngf=8).state_dict(), path)
+    with pytest.raises(ValueError, match=r"onto cuda: no CUDA device is available"):
+        load_generator(path, map_location="cuda")
