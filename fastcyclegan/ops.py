@@ -1,11 +1,10 @@
-"""`instance_norm(x, residual=None, *, weight=None, bias=None, relu=False, eps=1e-5, pad=0)`: fused IN (+ affine)
-(+ ReLU) (+ residual) (+ reflection pad) as a torch custom op.
-
-The op `torch.ops.fastcyclegan.instance_norm` has a fake (meta) implementation and a registered autograd
-formula, so `torch.compile(fullgraph=True)` traces through it and keeps it as one node. This module holds the
-op (schema, checks, fake, autograd) and nothing of its maths: two implementations of one contract do the work,
-the Triton kernels of `fastcyclegan.kernels` (on CUDA, and on the CPU when TRITON_INTERPRET=1 was set before
-Triton compiled them: the interpreter) and `fastcyclegan.norm_torch` (otherwise, and for float64 everywhere).
+"""`instance_norm(x, residual=None, *, weight, bias, conv_bias, relu, eps, pad)`: fused IN (+ affine) (+ ReLU)
+(+ residual) (+ reflection pad) as a torch custom op, `torch.ops.fastcyclegan.instance_norm`, with a fake
+(meta) implementation and a registered autograd formula, so `torch.compile(fullgraph=True)` keeps it as one
+node. This module holds the op (schema, checks, fake, autograd) and nothing of its maths: two implementations
+of one contract do the work, the Triton kernels of `fastcyclegan.kernels` (on CUDA, and on the CPU when
+TRITON_INTERPRET=1 was set before Triton compiled them: the interpreter) and `fastcyclegan.norm_torch`
+(otherwise, and for float64 everywhere).
 
 This is the only module that knows about Triton.
 """
@@ -25,8 +24,7 @@ from .layout import fold_reflect_pad, padded_empty, plane_layout, stats_dtype
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def use_triton(x: Tensor) -> bool:
@@ -36,9 +34,6 @@ def use_triton(x: Tensor) -> bool:
     if x.device.type == "cuda":
         return True
     return x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
-
-
-_TRITON = _triton_available()
 
 
 def _implementation(x: Tensor):
