@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -305,20 +306,50 @@ def test_only_temporaries_whose_writer_is_gone_are_removed(tmp_path):
     assert left == sorted([names["live"], names["foreign_new"], ".a.png", "a.png.partial", ".fcgtmp-notes.partial"])
 
 
-def test_two_jobs_writing_into_one_folder_both_succeed(tmp_path, checkpoint, images):
-    """Each job's start-up cleanup leaves the other's live temporaries alone (20 rounds: a writer held open
-    while the second job starts and finishes)."""
-    from fastcyclegan.translate import _HOST
+def test_a_second_job_leaves_a_live_writers_temporary_alone(tmp_path, checkpoint, images, monkeypatch):
+    """Job 1 is writing out/rgb.png (its temporary open) when job 2 starts on the same folder and outputs:
+    job 2's clean-up of killed runs' temporaries must not take job 1's, whose rename would then fail."""
+    from fastcyclegan import translate as module
+    from fastcyclegan.translate import plan_translation
 
     path, _ = checkpoint
     out = tmp_path / "out"
-    out.mkdir()
-    for _ in range(20):
-        held = out / f".fcgtmp-{_HOST}-{os.getpid()}-heldopen.partial"  # a live writer of another job
-        held.write_bytes(b"half")
-        summary = translate(path, images, out, size=SIZE, device="cpu", workers=0, progress=False, overwrite=True)
-        assert summary.images == 4 and held.exists()
-        held.unlink()
+    writing, release = threading.Event(), threading.Event()
+    real_pil = module._pil()
+
+    class SlowImage:  # job 1's PNG encoder, held open until job 2 has started
+        @staticmethod
+        def fromarray(array):
+            picture = real_pil.fromarray(array)
+
+            class Held:
+                def save(self, f, format):
+                    writing.set()
+                    release.wait(30)
+                    picture.save(f, format=format)
+
+            return Held()
+
+    monkeypatch.setattr(module, "_pil", lambda: SlowImage)
+    errors = []
+    writer = threading.Thread(
+        target=lambda: _record(
+            errors, module._write_png, torch.zeros(SIZE, SIZE, 3, dtype=torch.uint8), out / "rgb.png"
+        )
+    )
+    writer.start()
+    assert writing.wait(30)
+    plan_translation(path, images, out, size=SIZE, device="cpu", workers=0, progress=False)  # job 2 starts
+    release.set()
+    writer.join(30)
+    assert errors == [] and (out / "rgb.png").exists()
+
+
+def _record(errors, fn, *args):
+    try:
+        fn(*args)
+    except Exception as err:
+        errors.append(err)
 
 
 def test_names_up_to_the_filesystem_limit_are_translated(tmp_path, checkpoint):
