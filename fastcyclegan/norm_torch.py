@@ -94,6 +94,7 @@ def instance_norm_forward(
     bias: Tensor | None = None,
     relu: bool = False,
     eps: float = 1e-5,
+    negative_slope: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Writes act(IN(x) * weight + bias) (+ residual) into `out`, reflection-padded by (out's H - x's H) / 2,
     and returns the (N, C) mean and rstd (fp32; fp64 for fp64 x). Arguments as the kernels' launcher.
@@ -117,7 +118,9 @@ def instance_norm_forward(
             normalize, fits = _normalize_into, True
         z = interior if fits and out.dtype == dtype else torch.empty_like(x, dtype=dtype)
         mean, rstd = normalize(z, x, weight, bias, eps)
-        if relu:
+        if relu and negative_slope:
+            torch.nn.functional.leaky_relu_(z, negative_slope)  # keeps NaN
+        elif relu:
             z.relu_()  # keeps NaN
         if residual is not None:
             z.add_(residual)
@@ -140,6 +143,7 @@ def instance_norm_backward(
     weight: Tensor | None = None,
     bias: Tensor | None = None,
     relu: bool = False,
+    negative_slope: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, sum of g, sum of g * xhat) per plane, as the kernels' launcher returns them."""
     with torch.autocast(x.device.type, enabled=False):
@@ -149,7 +153,7 @@ def instance_norm_backward(
         gamma = None if weight is None else weight.to(mean.dtype)[None, :, None, None]
         if relu:
             z = xhat if weight is None else xhat * gamma + bias.to(mean.dtype)[None, :, None, None]
-            g = torch.where(z > 0, g, 0.0)
+            g = torch.where(z > 0, g, g * negative_slope if negative_slope else 0.0)
         sum_g = g.sum(dim=(2, 3))
         sum_gx = (g * xhat).sum(dim=(2, 3))
         count = x.shape[2] * x.shape[3]

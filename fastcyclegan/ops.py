@@ -65,21 +65,24 @@ def _instance_norm(
     eps: float,
     pad: int,
     conv_bias: Optional[Tensor] = None,
+    negative_slope: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (y, mean, rstd): y reflection-padded by `pad`; mean and rstd (N, C) in fp32 (fp64 for fp64 x).
     conv_bias, the bias of the conv that made x, is not read: the norm removes any per-channel constant."""
-    return _forward_impl(x, residual, weight, bias, relu, eps, pad)
+    return _forward_impl(x, residual, weight, bias, relu, eps, pad, negative_slope)
 
 
-def _forward_impl(x, residual, weight, bias, relu: bool, eps: float, pad: int):
+def _forward_impl(x, residual, weight, bias, relu: bool, eps: float, pad: int, negative_slope: float):
     x = plane_layout(x)
     y = padded_empty(x, pad)
-    mean, rstd = _implementation(x).instance_norm_forward(x, residual, y, weight=weight, bias=bias, relu=relu, eps=eps)
+    mean, rstd = _implementation(x).instance_norm_forward(
+        x, residual, y, weight=weight, bias=bias, relu=relu, eps=eps, negative_slope=negative_slope
+    )
     return y, mean, rstd
 
 
 @_instance_norm.register_fake
-def _(x, residual, weight, bias, relu, eps, pad, conv_bias=None):
+def _(x, residual, weight, bias, relu, eps, pad, conv_bias=None, negative_slope=0.0):
     x = plane_layout(x)
     stats = x.new_empty(x.shape[:2], dtype=stats_dtype(x))
     return padded_empty(x, pad), stats, torch.empty_like(stats)
@@ -94,23 +97,26 @@ def _instance_norm_backward(
     weight: Optional[Tensor],
     bias: Optional[Tensor],
     relu: bool,
+    negative_slope: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, sum of g, sum of g * xhat) from the gradient dz of the unpadded output; x is the saved (already
     plane-laid-out) input; the sums are per plane, (N, C) in the statistics' dtype."""
     dz = _same_layout(dz, x)
-    return _implementation(x).instance_norm_backward(dz, x, mean, rstd, weight=weight, bias=bias, relu=relu)
+    return _implementation(x).instance_norm_backward(
+        dz, x, mean, rstd, weight=weight, bias=bias, relu=relu, negative_slope=negative_slope
+    )
 
 
 @_instance_norm_backward.register_fake
-def _(dz, x, mean, rstd, weight, bias, relu):
+def _(dz, x, mean, rstd, weight, bias, relu, negative_slope=0.0):
     return torch.empty_like(x), torch.empty_like(mean), torch.empty_like(mean)
 
 
 def _setup_context(ctx, inputs, output):
-    x, residual, weight, bias, relu, _eps, pad, conv_bias = inputs
+    x, residual, weight, bias, relu, _eps, pad, conv_bias, negative_slope = inputs
     _y, mean, rstd = output
     ctx.save_for_backward(plane_layout(x), mean, rstd, weight, bias, conv_bias)
-    ctx.relu, ctx.pad = relu, pad
+    ctx.relu, ctx.pad, ctx.negative_slope = relu, pad, negative_slope
     ctx.has_residual = residual is not None
     ctx.mark_non_differentiable(mean, rstd)
 
@@ -121,16 +127,16 @@ def _backward(ctx, dy, _dmean, _drstd):
     need_x, need_residual, need_weight, need_bias = ctx.needs_input_grad[:4]
     dx = dweight = dbias = None
     if need_x or need_weight or need_bias:
-        dx, sum_g, sum_gx = _instance_norm_backward(dz, x, mean, rstd, weight, bias, ctx.relu)
+        dx, sum_g, sum_gx = _instance_norm_backward(dz, x, mean, rstd, weight, bias, ctx.relu, ctx.negative_slope)
         dx = dx if need_x else None
         dweight = sum_gx.sum(dim=0).to(weight.dtype) if need_weight else None
         dbias = sum_g.sum(dim=0).to(bias.dtype) if need_bias else None
     dresidual = dz if ctx.has_residual and need_residual else None
     # IN(z + b) = IN(z): the conv bias's gradient is exactly zero, and it gets one (DDP fails on a None).
-    # A call that leaves conv_bias at its default has seven inputs, and takes seven gradients.
+    # A call that leaves the trailing arguments at their defaults takes as many gradients as it gave inputs.
     given = len(ctx.needs_input_grad)
     dconv_bias = torch.zeros_like(conv_bias) if given > 7 and ctx.needs_input_grad[7] else None
-    return (dx, dresidual, dweight, dbias, None, None, None, dconv_bias)[:given]
+    return (dx, dresidual, dweight, dbias, None, None, None, dconv_bias, None)[:given]
 
 
 _instance_norm.register_autograd(_backward, setup_context=_setup_context)
@@ -162,10 +168,12 @@ def instance_norm(
     bias: Optional[Tensor] = None,
     conv_bias: Optional[Tensor] = None,
     relu: bool = False,
+    negative_slope: float = 0.0,
     eps: float = 1e-5,
     pad: int = 0,
 ) -> Tensor:
-    """y = IN(x) * weight + bias (affine, when given), then relu(y) if `relu`, then y + residual if given,
+    """y = IN(x) * weight + bias (affine, when given), then relu(y) if `relu` (the leaky relu of
+    `negative_slope`, 0.2 in the PatchGAN discriminator, when that is not 0), then y + residual if given,
     written reflection-padded by `pad`.
 
     x: (N, C, H, W) fp16/bf16/fp32/fp64, NCHW or channels-last; the output, (N, C, H + 2 pad, W + 2 pad),
@@ -199,6 +207,10 @@ def instance_norm(
         raise ValueError(f"conv_bias must be a tensor of shape ({x.shape[1]},) (one value per channel), got {got}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < float("inf"):
         raise ValueError(f"eps must be a finite number >= 0 (added to each plane's variance), got {eps!r}")
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) or not 0 <= negative_slope < 1:
+        raise ValueError(f"negative_slope must be a number in [0, 1) (0: ReLU), got {negative_slope!r}")
+    if negative_slope and not relu:
+        raise ValueError("negative_slope is the slope of the activation: it takes relu=True")
     if isinstance(pad, bool) or not isinstance(pad, int):
         raise ValueError(f"pad must be an int (reflection padding in pixels), got {pad!r}")
     if not 0 <= pad < min(x.shape[2], x.shape[3]):
@@ -208,8 +220,10 @@ def instance_norm(
     if weight is not None:
         weight, bias = weight.contiguous(), bias.contiguous()  # the kernels index them with stride 1
     if _plain_inference(x, residual, weight, bias, conv_bias):
-        return _forward_impl(x, residual, weight, bias, relu, float(eps), int(pad))[0]
-    return torch.ops.fastcyclegan.instance_norm(x, residual, weight, bias, relu, float(eps), int(pad), conv_bias)[0]
+        return _forward_impl(x, residual, weight, bias, relu, float(eps), int(pad), float(negative_slope))[0]
+    return torch.ops.fastcyclegan.instance_norm(
+        x, residual, weight, bias, relu, float(eps), int(pad), conv_bias, float(negative_slope)
+    )[0]
 
 
 def _plain_inference(*tensors) -> bool:

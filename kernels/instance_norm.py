@@ -4,8 +4,8 @@ Every (image n, channel c) plane of x (N, C, H, W) is normalized over its P = H 
 
     mean = sum(x) / P        var = sum((x - mean)^2) / P        rstd = 1 / sqrt(var + eps)  (0 if var + eps == 0)
     xhat = (x - mean) * rstd        z = xhat * weight[c] + bias[c]      (AFFINE; else z = xhat)
-    forward:   y  = act(z) + r                 act = relu or identity, r = residual or 0
-    backward:  g  = dy * act'(z)               (act' = [z > 0] for relu, 1 otherwise)
+    forward:   y  = act(z) + r                 act = leaky relu of slope s (s = 0: relu) or identity, r = residual
+    backward:  g  = dy * act'(z)               (act' = 1 where z > 0, else s; 1 everywhere without act)
                dx = rstd * weight[c] * (g - mean(g) - xhat * mean(g * xhat))       d residual = dy
                d weight[c] = sum over n and the plane of g * xhat     d bias[c] = sum of g
 
@@ -106,12 +106,13 @@ def _affine(w_ptr, b_ptr, offs_c, n_channels, AFFINE: tl.constexpr):
 
 
 @triton.jit
-def _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, gamma, beta, RELU: tl.constexpr):
-    """The tile's normalized input and the gradient reaching the affine map (dy through relu's mask), fp32."""
+def _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, gamma, beta, slope, RELU: tl.constexpr):
+    """The tile's normalized input and the gradient reaching the affine map (dy through the leaky relu's
+    slope: 1 where its input is > 0, else `slope`), fp32."""
     xhat = (tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32) - mean[None, :]) * rstd[None, :]
     g = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     if RELU:
-        g = tl.where(xhat * gamma[None, :] + beta[None, :] > 0.0, g, 0.0)
+        g = tl.where(xhat * gamma[None, :] + beta[None, :] > 0.0, g, g * slope)
     return xhat, g
 
 
@@ -195,6 +196,7 @@ def _in_fwd_apply_kernel(
     split,  # the stats kernel's chunks per plane
     out_chunk,  # output positions per program of this kernel (a multiple of BLOCK_P)
     eps,
+    slope,  # the leaky relu's slope below 0 (0.0: relu; read only when RELU)
     x_stride_n,
     x_stride_c,
     x_stride_h,
@@ -211,7 +213,7 @@ def _in_fwd_apply_kernel(
     PAD: tl.constexpr,  # reflection padding written around the output (0: none)
     FLAT: tl.constexpr,  # no padding and the residual and y share x's strides: address positions as one axis
     AFFINE: tl.constexpr,  # scale by weight[c] and add bias[c] after the normalization
-    RELU: tl.constexpr,  # apply max(., 0) after the norm (NaN stays NaN)
+    RELU: tl.constexpr,  # apply the leaky relu of `slope` after the norm (slope 0: max(., 0); NaN stays NaN)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the norm (and the ReLU)
     SPLIT_BLOCK: tl.constexpr,  # next power of two >= split
     BLOCK_P: tl.constexpr,
@@ -254,22 +256,14 @@ def _in_fwd_apply_kernel(
             w = _reflect(col, width, PAD).to(tl.int64)[:, None]
             src = _offsets(n64, h, w, c64, x_stride_n, x_stride_c, x_stride_h, x_stride_w)
             res = _offsets(n64, h, w, c64, res_stride_n, res_stride_c, res_stride_h, res_stride_w)
-            out = _offsets(
-                n64,
-                row.to(tl.int64)[:, None],
-                col.to(tl.int64)[:, None],
-                c64,
-                y_stride_n,
-                y_stride_c,
-                y_stride_h,
-                y_stride_w,
-            )
+            row, col = row.to(tl.int64)[:, None], col.to(tl.int64)[:, None]
+            out = _offsets(n64, row, col, c64, y_stride_n, y_stride_c, y_stride_h, y_stride_w)
         x = tl.load(x_ptr + src, mask=mask, other=0.0).to(tl.float32)
         y = ((x - shift[None, :]) - mean[None, :]) * rstd[None, :]
         if AFFINE:
             y = y * gamma[None, :] + beta[None, :]
         if RELU:
-            y = tl.where(y < 0.0, 0.0, y)
+            y = tl.where(y < 0.0, y * slope, y)
         if HAS_RESIDUAL:
             y += tl.load(res_ptr + res, mask=mask, other=0.0).to(tl.float32)
         tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -293,6 +287,7 @@ def _in_bwd_reduce_kernel(
     n_channels,
     chunk,
     split,
+    slope,  # the leaky relu's slope below 0 (read only when RELU)
     stride_n,
     stride_c,
     stride_p,
@@ -309,7 +304,7 @@ def _in_bwd_reduce_kernel(
     sum_gx = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     for p0 in range(start, end, BLOCK_P):
         offsets, mask = _tile(n, offs_c, p0, end, n_channels, stride_n, stride_c, stride_p, BLOCK_P)
-        xhat, g = _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, gamma, beta, RELU)
+        xhat, g = _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, gamma, beta, slope, RELU)
         sum_g += g
         sum_gx += g * xhat
     index = stats * split + s
@@ -332,6 +327,7 @@ def _in_bwd_apply_kernel(
     n_channels,
     chunk,
     split,
+    slope,  # the leaky relu's slope below 0 (read only when RELU)
     stride_n,
     stride_c,
     stride_p,
@@ -349,7 +345,7 @@ def _in_bwd_apply_kernel(
     mean_gx = tl.sum(_partials(part_gx_ptr, n, offs_c, n_channels, split, SPLIT_BLOCK), axis=0) / n_pos
     for p0 in range(start, end, BLOCK_P):
         offsets, mask = _tile(n, offs_c, p0, end, n_channels, stride_n, stride_c, stride_p, BLOCK_P)
-        xhat, g = _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, gamma, beta, RELU)
+        xhat, g = _xhat_and_g(x_ptr, dy_ptr, offsets, mask, mean, rstd, gamma, beta, slope, RELU)
         dx = (rstd * gamma)[None, :] * (g - mean_g[None, :] - xhat * mean_gx[None, :])
         tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -381,18 +377,8 @@ def _plane_args(x: torch.Tensor, cfg: LaunchPlan) -> dict:
     """The (N, C, P) addressing, chunking and tiling arguments every plane kernel takes, by keyword."""
     n, c, h, w = x.shape
     stride_n, stride_c, stride_p = x.view(n, c, h * w).stride()
-    return dict(
-        n_pos=h * w,
-        n_channels=c,
-        chunk=cfg.chunk,
-        split=cfg.split,
-        stride_n=stride_n,
-        stride_c=stride_c,
-        stride_p=stride_p,
-        BLOCK_P=cfg.block_p,
-        BLOCK_C=cfg.block_c,
-        num_warps=cfg.num_warps,
-    )
+    tiling = dict(chunk=cfg.chunk, split=cfg.split, BLOCK_P=cfg.block_p, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
+    return dict(n_pos=h * w, n_channels=c, stride_n=stride_n, stride_c=stride_c, stride_p=stride_p) | tiling
 
 
 def instance_norm_forward(
@@ -404,11 +390,12 @@ def instance_norm_forward(
     bias: torch.Tensor | None = None,
     relu: bool = False,
     eps: float = 1e-5,
+    negative_slope: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Writes act(IN(x) * weight + bias) (+ residual) into `out`, reflection-padded by (out's H - x's H) / 2,
-    and returns the fp32 (N, C) mean and rstd. x: (N, C, H, W), (N, C, P)-collapsible; residual: x's shape,
-    any strides; weight, bias: both (C,) contiguous or both None; out: (N, C, H + 2 pad, W + 2 pad) in x's
-    dtype, any strides."""
+    and returns the fp32 (N, C) mean and rstd. act, when `relu`: the leaky relu of `negative_slope` (0: relu).
+    x: (N, C, H, W), (N, C, P)-collapsible; residual: x's shape, any strides; weight, bias: both (C,)
+    contiguous or both None; out: (N, C, H + 2 pad, W + 2 pad) in x's dtype, any strides."""
     n, c, h, w = x.shape
     mean = torch.empty((n, c), device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
@@ -420,35 +407,16 @@ def instance_norm_forward(
     stats_args = _plane_args(x, stats_plan)
     _in_fwd_stats_kernel[stats_plan.grid(n, c)](x_ptr=x, part_mean_ptr=part_mean, part_m2_ptr=part_m2, **stats_args)
     res = x if residual is None else residual  # a valid pointer even when HAS_RESIDUAL is off
-    _in_fwd_apply_kernel[out_plan.grid(n, c)](
-        x_ptr=x,
-        res_ptr=res,
-        y_ptr=out,
-        part_mean_ptr=part_mean,
-        part_m2_ptr=part_m2,
-        mean_ptr=mean,
-        rstd_ptr=rstd,
-        height=h,
-        width=w,
-        n_channels=c,
-        chunk=stats_plan.chunk,
-        split=stats_plan.split,
-        out_chunk=out_plan.chunk,
-        eps=eps,
-        x_stride_p=stats_args["stride_p"],
-        **_strides("x", x),
-        **_strides("res", res),
-        **_strides("y", out),
-        PAD=(out.shape[2] - h) // 2,
-        FLAT=out.shape == x.shape and res.stride() == x.stride() == out.stride(),
-        RELU=relu,
-        HAS_RESIDUAL=residual is not None,
-        SPLIT_BLOCK=triton.next_power_of_2(stats_plan.split),
-        BLOCK_P=out_plan.block_p,
-        BLOCK_C=out_plan.block_c,
-        num_warps=out_plan.num_warps,
-        **_affine_args(x, weight, bias),
-    )
+    pointers = dict(x_ptr=x, res_ptr=res, y_ptr=out, part_mean_ptr=part_mean, part_m2_ptr=part_m2)
+    # the stats kernel's chunks (to weigh its partials), this kernel's own chunks and tiles
+    chunks = dict(chunk=stats_plan.chunk, split=stats_plan.split, SPLIT_BLOCK=triton.next_power_of_2(stats_plan.split))
+    tiles = dict(out_chunk=out_plan.chunk, BLOCK_P=out_plan.block_p, BLOCK_C=out_plan.block_c)
+    epilogue = dict(RELU=relu, slope=negative_slope, HAS_RESIDUAL=residual is not None, PAD=(out.shape[2] - h) // 2)
+    flat = out.shape == x.shape and res.stride() == x.stride() == out.stride()
+    strides = _strides("x", x) | _strides("res", res) | _strides("y", out) | dict(x_stride_p=stats_args["stride_p"])
+    plane = dict(mean_ptr=mean, rstd_ptr=rstd, eps=eps, height=h, width=w, n_channels=c, FLAT=flat)
+    launch = pointers | plane | chunks | tiles | epilogue | strides | _affine_args(x, weight, bias)
+    _in_fwd_apply_kernel[out_plan.grid(n, c)](num_warps=out_plan.num_warps, **launch)
     return mean, rstd
 
 
@@ -461,6 +429,7 @@ def instance_norm_backward(
     weight: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     relu: bool = False,
+    negative_slope: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, sum of g, sum of g * xhat) of y = act(IN(x) * weight + bias) (+ residual): dx in x's dtype and
     layout; the sums are fp32 (N, C) per plane, so d bias = sum_g.sum(0) and d weight = sum_gx.sum(0). The
@@ -473,17 +442,8 @@ def instance_norm_backward(
     cfg = _plan_for(x, h * w)
     part_g = torch.empty((n, c, cfg.split), device=x.device, dtype=torch.float32)
     part_gx = torch.empty_like(part_g)
-    common = dict(
-        dy_ptr=dy,
-        x_ptr=x,
-        mean_ptr=mean,
-        rstd_ptr=rstd,
-        part_g_ptr=part_g,
-        part_gx_ptr=part_gx,
-        RELU=relu,
-        **_plane_args(x, cfg),
-        **_affine_args(x, weight, bias),
-    )
+    pointers = dict(dy_ptr=dy, x_ptr=x, mean_ptr=mean, rstd_ptr=rstd, part_g_ptr=part_g, part_gx_ptr=part_gx)
+    common = pointers | dict(slope=negative_slope, RELU=relu) | _plane_args(x, cfg) | _affine_args(x, weight, bias)
     _in_bwd_reduce_kernel[cfg.grid(n, c)](**common)
     _in_bwd_apply_kernel[cfg.grid(n, c)](dx_ptr=dx, SPLIT_BLOCK=triton.next_power_of_2(cfg.split), **common)
     return dx, part_g.sum(dim=2), part_gx.sum(dim=2)

@@ -60,14 +60,17 @@ def generator_parity(
 
 def reference_instance_norm(x, residual=None, relu=False, eps=1e-5, pad=0, weight=None, bias=None):
     """act(IN(x) * weight + bias) (+ residual), reflection-padded by `pad`, in float64 with a two-pass
-    variance; equals F.instance_norm where that accepts x."""
+    variance; equals F.instance_norm where that accepts x. relu: False, True (ReLU), or a number: the
+    negative slope of a leaky ReLU."""
     xd = x.double()
     mean = xd.mean(dim=(2, 3), keepdim=True)
     var = ((xd - mean) ** 2).mean(dim=(2, 3), keepdim=True)
     y = (xd - mean) / torch.sqrt(var + eps)
     if weight is not None:
         y = y * weight.double()[None, :, None, None] + bias.double()[None, :, None, None]
-    if relu:
+    if relu is not True and relu:
+        y = torch.nn.functional.leaky_relu(y, relu)
+    elif relu:
         y = torch.relu(y)
     if residual is not None:
         y = y + residual.double()

@@ -29,6 +29,7 @@ KERNELS = {
     "bwd_apply": (K._in_bwd_apply_kernel, {"RELU": True, "SPLIT_BLOCK": 8}),
 }
 TENSOR_ARGS = {"x_ptr", "res_ptr", "y_ptr", "dy_ptr", "dx_ptr"}  # in the storage dtype; other pointers are fp32
+FLOAT_ARGS = {"eps", "slope"}  # the scalar arguments that are fp32 (the rest are sizes and strides)
 # the unit strides that Triton turns into constants at a real launch (it specializes integer arguments of 1)
 UNIT_STRIDES = {
     True: ("stride_c", "x_stride_c", "res_stride_c", "y_stride_c"),
@@ -49,8 +50,8 @@ def compile_for_sm90(kernel, flags: dict, dtype: str, channels_last: bool):
             signature[name] = f"*{dtype}" if name in TENSOR_ARGS else "*fp32"
             divisible.append(name)
         else:
-            signature[name] = "fp32" if name == "eps" else "i32"
-            if name != "split":
+            signature[name] = "fp32" if name in FLOAT_ARGS else "i32"
+            if name != "split" and name not in FLOAT_ARGS:
                 divisible.append(name)  # the generator's sizes and strides are multiples of 16
     source = ASTSource(
         fn=kernel,

@@ -39,12 +39,21 @@ MODES = [
     (True, True, 3, False),
     (True, False, 1, True),
     (False, True, 1, True),
+    (0.2, False, 0, False),  # the PatchGAN discriminator's IN + LeakyReLU(0.2) (relu = the slope: leaky)
+    (0.2, True, 1, True),
 ]
+
+
+def _act(relu):
+    """(relu, negative_slope) of the op for a mode's activation: False, True (ReLU) or a slope (leaky)."""
+    leaky = not isinstance(relu, bool)
+    return bool(relu), (relu if leaky else 0.0)
 
 
 def _mode_id(mode):
     relu, residual, pad, affine = mode
-    return "in" + "+affine" * affine + "+relu" * relu + "+add" * residual + f"+pad{pad}" * bool(pad)
+    act = f"+leaky{relu}" if not isinstance(relu, bool) else "+relu" * relu
+    return "in" + "+affine" * affine + act + "+add" * residual + f"+pad{pad}" * bool(pad)
 
 
 def _affine_params(c, affine, dtype=torch.float32, device="cpu"):
@@ -136,7 +145,10 @@ def _op_and_float64_gradients(x, r, weight, bias, dy, relu, pad):
     """The public op's output and its gradients (x, residual, weight, bias) by its autograd formula, and the
     float64 reference's output and gradients, on the same inputs."""
     leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, r, weight, bias)]
-    y = ops.instance_norm(leaves[0], leaves[1], weight=leaves[2], bias=leaves[3], relu=relu, pad=pad)
+    act, slope = _act(relu)
+    y = ops.instance_norm(
+        leaves[0], leaves[1], weight=leaves[2], bias=leaves[3], relu=act, negative_slope=slope, pad=pad
+    )
     y.backward(dy)
     leaves64 = [t.double().requires_grad_() if t is not None else None for t in (x, r, weight, bias)]
     xg, rg, wg, bg = leaves64
@@ -257,34 +269,43 @@ def test_float64_runs_through_pytorch():
     assert torch.autograd.gradcheck(lambda t: ops.instance_norm(t, relu=False), (x,))
 
 
-_FALLBACK_CASES = [  # (shape, pad, affine) as they run: a 1x1 plane takes no padding
-    pytest.param(shape, pad, affine, id=f"{shape}-pad{pad}" + "-affine" * affine)
-    for shape, modes in (((2, 6, 9, 7), ((0, False), (1, True), (3, False))), ((1, 3, 1, 1), ((0, False), (0, True))))
-    for pad, affine in modes
+_FALLBACK_CASES = [  # (shape, pad, affine, negative slope) as they run: a 1x1 plane takes no padding
+    pytest.param(
+        shape, pad, affine, slope, id=f"{shape}-pad{pad}" + "-affine" * affine + f"-leaky{slope}" * bool(slope)
+    )
+    for shape, modes in (
+        ((2, 6, 9, 7), ((0, False, 0.0), (1, True, 0.0), (3, False, 0.0), (1, True, 0.2))),
+        ((1, 3, 1, 1), ((0, False, 0.0), (0, True, 0.0))),
+    )
+    for pad, affine, slope in modes
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
-@pytest.mark.parametrize("shape, pad, affine", _FALLBACK_CASES)
-def test_pytorch_fallback_matches_reference_and_kernels(monkeypatch, shape, channels_last, dtype, pad, affine):
+@pytest.mark.parametrize("shape, pad, affine, slope", _FALLBACK_CASES)
+def test_pytorch_fallback_matches_reference_and_kernels(monkeypatch, shape, channels_last, dtype, pad, affine, slope):
+    """The PyTorch implementation against float64 (forward) and against the kernels (backward), relu or leaky."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     x, r = _inputs(shape, dtype, channels_last, True)
     weight, bias = _affine_params(shape[1], affine)
     assert not ops.use_triton(x)
     xg = x.clone().requires_grad_()
     wg, bg = (weight.clone().requires_grad_(), bias.clone().requires_grad_()) if affine else (None, None)
-    y = ops.instance_norm(xg, r, weight=wg, bias=bg, relu=True, pad=pad)
+    y = ops.instance_norm(xg, r, weight=wg, bias=bg, relu=True, negative_slope=slope, pad=pad)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     assert y.dtype == dtype
-    expected = reference_instance_norm(x, r, relu=True, pad=pad, weight=weight, bias=bias)
+    expected = reference_instance_norm(x, r, relu=slope or True, pad=pad, weight=weight, bias=bias)
     assert_close(y, expected, dtype, "fallback forward")
     dy = torch.randn_like(y)
     y.backward(dy)
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton reads it at launch too
-    _, mean, rstd = _forward(x, r, relu=True, weight=weight, bias=bias)
+    y_kernels = padded_empty(x, 0)
+    mean, rstd = instance_norm_forward(x, r, y_kernels, weight=weight, bias=bias, relu=True, negative_slope=slope)
     dz = fold_reflect_pad(dy, pad) if pad else dy
-    kernel_dx, sum_g, sum_gx = instance_norm_backward(dz, x, mean, rstd, weight=weight, bias=bias, relu=True)
+    kernel_dx, sum_g, sum_gx = instance_norm_backward(
+        dz, x, mean, rstd, weight=weight, bias=bias, relu=True, negative_slope=slope
+    )
     assert_close(xg.grad, kernel_dx, dtype, "fallback dx")
     if affine:
         assert_close(wg.grad, sum_gx.sum(0), torch.float32, "fallback d weight")
@@ -461,6 +482,8 @@ def test_empty_batch_keeps_shape_dtype_layout_and_gives_empty_gradients(monkeypa
         ({"eps": float("inf")}, r"eps must be a finite number"),
         ({"pad": 2.7}, r"pad must be an int .* got 2.7"),
         ({"pad": True}, r"pad must be an int"),
+        ({"relu": True, "negative_slope": 1.5}, r"negative_slope must be a number in \[0, 1\) \(0: ReLU\), got 1.5"),
+        ({"negative_slope": 0.2}, r"negative_slope is the slope of the activation: it takes relu=True"),
     ],
 )
 def test_bad_eps_and_pad_are_refused(kwargs, message):
