@@ -7,6 +7,7 @@ test (fastcyclegan.ops reads it at call time). On a CUDA machine the kernels are
 Tests marked `cuda` need a CUDA device and skip, saying so, without one (`pytest -m cuda` selects them).
 """
 
+import importlib.util
 import os
 
 import pytest
@@ -14,6 +15,11 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    if importlib.util.find_spec("triton") is not None:
+        # Triton reads TRITON_INTERPRET when it first loads and when it decorates the kernels: both happen here,
+        # not in whichever test first runs a kernel (one that switched the variable off for the PyTorch path
+        # would leave compiled kernels that the interpreter cannot call)
+        import fastcyclegan.kernels  # noqa: F401
 
 
 def pytest_collection_modifyitems(config, items):
