@@ -12,7 +12,9 @@ _PUBLIC = {
     "ResidualBlock": "reference",
     "Discriminator": "reference",
     "FastGenerator": "fast",
+    "FastDiscriminator": "fast_discriminator",
     "load_generator": "loader",
+    "load_discriminator": "loader",
 }
 __all__ = list(_PUBLIC)
 __version__ = "0.1.0"

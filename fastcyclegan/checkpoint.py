@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from .patchgan import DiscriminatorSpec, describe_discriminator_state
 from .structure import GeneratorSpec, NotAGenerator, describe_state
 
 log = logging.getLogger("fastcyclegan")
@@ -171,15 +172,19 @@ def read_state_dict(source, *, map_location="cpu", key: str | None = None) -> tu
     return dict(state), taken
 
 
-def describe_checkpoint(source, *, map_location="cpu", key: str | None = None) -> tuple[GeneratorSpec, str | None]:
-    """The generator a checkpoint holds and the key it was nested under; ValueError naming the file and the
-    reason (the layer or key that shows it) for anything FastGenerator cannot run."""
+def describe_checkpoint(
+    source, *, map_location="cpu", key: str | None = None, network: str = "generator"
+) -> tuple[GeneratorSpec | DiscriminatorSpec, str | None]:
+    """The network a checkpoint holds (network: "generator", a ResNet generator, or "discriminator", a 3-layer
+    PatchGAN) and the key it was nested under; ValueError naming the file and the reason (the layer or key
+    that shows it) for anything the fast modules cannot run."""
     state, taken = read_state_dict(source, map_location=map_location, key=key)
     where = describe_source(source) + (f" (under '{taken}')" if taken else "")
+    describe, what = _NETWORKS[network]
     try:
-        spec = describe_state(state)
-    except NotAGenerator as err:
-        raise ValueError(f"checkpoint {where} is not a ResNet generator FastGenerator can run: it {err}") from err
+        spec = describe(state)
+    except NotAGenerator as err:  # NotAPatchGAN is one too
+        raise ValueError(f"checkpoint {where} is not {what}: it {err}") from err
     for name, tensor in spec.state.items():  # a diverged training run: every output would be NaN or black
         bad = int((~torch.isfinite(tensor)).sum())
         if bad:
@@ -188,3 +193,9 @@ def describe_checkpoint(source, *, map_location="cpu", key: str | None = None) -
                 f"{tensor.numel()} (a diverged training run?); expected finite numbers"
             )
     return spec, taken
+
+
+_NETWORKS = {
+    "generator": (describe_state, "a ResNet generator FastGenerator can run"),
+    "discriminator": (describe_discriminator_state, "a 3-layer PatchGAN discriminator FastDiscriminator can run"),
+}

@@ -40,6 +40,17 @@ def weight_format(conv: nn.Module) -> torch.memory_format:
     return conv_memory_format(weight.device, weight.dtype)
 
 
+def place_weights(module: nn.Module) -> None:
+    """Puts every conv weight under `module` in the memory format that runs fastest for its device and dtype
+    (`weight_format`), in place: the convs follow the weights. The fast modules call it after every move or
+    cast (.to, .cuda, .bfloat16, ...)."""
+    for conv in module.modules():
+        if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)):
+            fmt = weight_format(conv)
+            if not conv.weight.is_contiguous(memory_format=fmt):
+                conv.weight.data = conv.weight.data.contiguous(memory_format=fmt)
+
+
 def activation_format(x: Tensor, stem: nn.Conv2d) -> torch.memory_format:
     """The layout of the network's activations for input x: channels-last where the convs run on oneDNN
     pre-packed weights (CPU fp32 inference: `onednn.usable`) and the network is wide enough for it to pay,

@@ -62,12 +62,7 @@ class FastGenerator(Generator):
         """Every move or cast (.to, .cuda, .bfloat16, ...) also puts the conv weights in the memory format
         that runs fastest for their device and dtype (`convs.weight_format`): the convs follow the weights."""
         super()._apply(fn, recurse)
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                weight = module.weight
-                fmt = convs.weight_format(module)
-                if not weight.is_contiguous(memory_format=fmt):
-                    weight.data = weight.data.contiguous(memory_format=fmt)
+        convs.place_weights(self)
         return self
 
     @classmethod

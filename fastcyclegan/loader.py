@@ -10,7 +10,8 @@ from torch import nn
 
 from .checkpoint import describe_checkpoint
 from .fast import FastGenerator
-from .reference import Generator
+from .fast_discriminator import FastDiscriminator
+from .reference import Discriminator, Generator
 
 
 def load_generator(source, *, map_location="cpu", fast: bool = False, key: str | None = None) -> nn.Module:
@@ -25,5 +26,16 @@ def load_generator(source, *, map_location="cpu", fast: bool = False, key: str |
     """
     spec, taken = describe_checkpoint(source, map_location=map_location, key=key)
     model = spec.build(FastGenerator if fast else Generator)
+    model.checkpoint_key = taken
+    return model
+
+
+def load_discriminator(source, *, map_location="cpu", fast: bool = False, key: str | None = None) -> nn.Module:
+    """A `Discriminator` (or `FastDiscriminator` with fast=True) holding the weights of `source`: a checkpoint
+    file (`latest_net_D_A.pth`, PyTorch or safetensors, read without running pickled code) or a state dict
+    of the public 3-layer PatchGAN, plain or affine norms, `module.` / `_orig_mod.` prefixes, nested under
+    one key (`key="netD_A"` picks one of several). Raises ValueError naming the file and the reason."""
+    spec, taken = describe_checkpoint(source, map_location=map_location, key=key, network="discriminator")
+    model = spec.build(FastDiscriminator if fast else Discriminator)
     model.checkpoint_key = taken
     return model

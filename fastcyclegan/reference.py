@@ -146,20 +146,26 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """The 70x70 PatchGAN: C64 (no norm), C128, C256, C512 (stride 1), then a 1-channel 4x4 conv.
+    """The 70x70 PatchGAN: C64 (no norm), C128, C256, C512 (stride 1), then a 1-channel 4x4 conv; LeakyReLU(0.2)
+    after every conv but the last, instance norm after the 2nd to 4th (affine when trained so elsewhere).
 
-    Keys follow the public NLayerDiscriminator (model.0, model.2, model.5, model.8, model.11).
-    A 256x256 input gives a 30x30 map of patch logits.
+    Keys follow the public NLayerDiscriminator (model.0, model.2, model.5, model.8, model.11; the norms, when
+    affine, model.3, model.6, model.9). A 256x256 input gives a 30x30 map of patch logits.
     """
 
-    def __init__(self, in_channels: int = 3, ndf: int = 64):
+    CONVS = (0, 2, 5, 8, 11)  # Sequential indices of the convs; a norm follows those at 2, 5 and 8
+
+    def __init__(self, in_channels: int = 3, ndf: int = 64, affine: bool = False):
         super().__init__()
+        if in_channels < 1 or ndf < 1:
+            raise ValueError(f"Discriminator expects positive channel counts, got in_channels={in_channels}, ndf={ndf}")
+        self.in_channels, self.ndf, self.affine = in_channels, ndf, affine
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
         channels = ndf
         for stride in (2, 2, 1):
             layers += [
                 nn.Conv2d(channels, channels * 2, 4, stride=stride, padding=1),
-                instance_norm(channels * 2),
+                instance_norm(channels * 2, affine),
                 nn.LeakyReLU(0.2, True),
             ]
             channels *= 2

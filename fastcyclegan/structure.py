@@ -152,7 +152,7 @@ def _canonical_keys(num_blocks: int) -> list[tuple[str, str]]:
 WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_tensor(key: str, t: Tensor) -> None:
+def check_tensor(key: str, t: Tensor) -> None:
     if not isinstance(t, Tensor):
         raise NotAGenerator(f"holds a {type(t).__name__} under '{key}', not a tensor")
     if t.is_meta or t.layout != torch.strided:
@@ -201,7 +201,7 @@ def _match(groups: list[_Group]) -> GeneratorSpec:
     kinds = [kind for _, kind in classified if kind != "stats"]
     for g in groups:
         for name, t in g.tensors.items():
-            _check_tensor(g.key(name), t)
+            check_tensor(g.key(name), t)
     convs = [g for g, k in zip(groups, kinds) if k == "conv"]
     if not convs:
         raise NotAGenerator(f"has no conv weights (first modules: {[g.prefix for g in groups[:6]]})")
@@ -289,7 +289,7 @@ _REFUSED_LAYERS = {
 _ALLOWED_LAYERS = (nn.ReflectionPad2d, nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d, nn.ReLU, nn.Tanh)
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
+def unwrap(module: nn.Module) -> nn.Module:
     """The model inside DataParallel / DistributedDataParallel and torch.compile wrappers."""
     while True:
         inner = getattr(module, "module", None) or getattr(module, "_orig_mod", None)
@@ -304,7 +304,7 @@ def describe_module(module: nn.Module) -> GeneratorSpec:
     statistics, or anything that is not pad, conv, instance norm, ReLU or Tanh."""
     if not isinstance(module, nn.Module):
         raise NotAGenerator(f"is a {type(module).__name__}; from_module expects an nn.Module")
-    module = _unwrap(module)
+    module = unwrap(module)
     for name, m in module.named_modules():
         if m._forward_hooks or m._forward_pre_hooks:
             raise NotAGenerator(

@@ -132,3 +132,39 @@ class PublicResnetGenerator(nn.Module):
 
     def forward(self, x):
         return self.model(x)
+
+
+class PublicNLayerDiscriminator(nn.Module):
+    """The public repository's NLayerDiscriminator (n_layers, norm_layer), rewritten here from its definition:
+    with instance norm its convs keep their bias (use_bias = norm is InstanceNorm2d)."""
+
+    def __init__(self, input_nc=3, ndf=64, n_layers=3, norm="instance"):
+        super().__init__()
+        if norm == "instance":
+
+            def norm_layer(c):
+                return nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
+
+            use_bias = True
+        else:
+            norm_layer, use_bias = nn.BatchNorm2d, False
+        sequence = [nn.Conv2d(input_nc, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        nf_mult = 1
+        for n in range(1, n_layers):
+            nf_mult_prev, nf_mult = nf_mult, min(2**n, 8)
+            sequence += [
+                nn.Conv2d(ndf * nf_mult_prev, ndf * nf_mult, 4, stride=2, padding=1, bias=use_bias),
+                norm_layer(ndf * nf_mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        nf_mult_prev, nf_mult = nf_mult, min(2**n_layers, 8)
+        sequence += [
+            nn.Conv2d(ndf * nf_mult_prev, ndf * nf_mult, 4, stride=1, padding=1, bias=use_bias),
+            norm_layer(ndf * nf_mult),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * nf_mult, 1, 4, stride=1, padding=1),
+        ]
+        self.model = nn.Sequential(*sequence)
+
+    def forward(self, x):
+        return self.model(x)

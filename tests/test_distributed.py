@@ -199,45 +199,51 @@ def test_a_timeout_that_is_no_positive_finite_number_of_seconds_is_a_usage_error
 _DDP_STEPS = """
 import copy, json, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from fastcyclegan import FastGenerator, Generator
+from fastcyclegan import Discriminator, FastDiscriminator, FastGenerator, Generator
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 torch.manual_seed(0)
-reference = Generator(1, ngf=8)
+networks = {
+    "generator": (Generator(1, ngf=8), FastGenerator),
+    "discriminator": (Discriminator(ndf=8), FastDiscriminator),
+}
 result = {}
-for name, model in (("reference", copy.deepcopy(reference)), ("fast", FastGenerator.from_module(reference))):
-    ddp = DistributedDataParallel(model)  # find_unused_parameters=False, the default
-    optimizer = torch.optim.Adam(ddp.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    data = torch.Generator().manual_seed(100 + rank)  # each rank its own images
-    losses = []
-    for step in range(3):
-        x, target = torch.rand(2, 3, 32, 32, generator=data) * 2 - 1, torch.rand(2, 3, 32, 32, generator=data)
-        optimizer.zero_grad()
-        loss = (ddp(x) - target).abs().mean()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    grads = {k: None if p.grad is None else p.grad.abs().max().item() for k, p in model.named_parameters()}
-    result[name] = {"losses": losses, "grads": grads}
+for network, (reference, fast_class) in networks.items():
+    for name, model in (("reference", copy.deepcopy(reference)), ("fast", fast_class.from_module(reference))):
+        ddp = DistributedDataParallel(model)  # find_unused_parameters=False, the default
+        optimizer = torch.optim.Adam(ddp.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        data = torch.Generator().manual_seed(100 + rank)  # each rank its own images
+        losses = []
+        for step in range(3):
+            x, target = torch.rand(2, 3, 32, 32, generator=data) * 2 - 1, torch.rand(2, 3, 32, 32, generator=data)
+            optimizer.zero_grad()
+            out = ddp(x)
+            loss = (out - target).abs().mean() if network == "generator" else ((out - 1) ** 2).mean()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        grads = {k: None if p.grad is None else p.grad.abs().max().item() for k, p in model.named_parameters()}
+        result[f"{network} {name}"] = {"losses": losses, "grads": grads}
 if rank == 0:
     print(json.dumps(result))
 dist.destroy_process_group()
 """
 
 
-def test_fastgenerator_trains_under_ddp_like_the_reference(tmp_path):
+def test_fast_generator_and_discriminator_train_under_ddp_like_the_reference(tmp_path):
     """DistributedDataParallel with find_unused_parameters=False (its default) needs a gradient for every
-    parameter: the conv biases FastGenerator leaves out (the norm removes them) get exactly zero."""
+    parameter: the conv biases the fast modules leave out (the norm removes them) get exactly zero."""
     script = tmp_path / "ddp.py"
     script.write_text(_DDP_STEPS)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    reference, fast = result["reference"], result["fast"]
-    np.testing.assert_allclose(fast["losses"], reference["losses"], rtol=1e-5, atol=1e-6)
-    assert all(g is not None for g in fast["grads"].values())
-    head_bias = "model.18.bias"  # 1 block: the head is model.18
-    before_norms = [k for k in fast["grads"] if k.endswith(".bias") and k != head_bias]
-    assert len(before_norms) == 7 and all(fast["grads"][k] == 0.0 for k in before_norms)
+    # the biases of the convs before norms: 7 in a 1-block generator, 3 in the PatchGAN
+    for network, before_norms in (("generator", 7), ("discriminator", 3)):
+        reference, fast = result[f"{network} reference"], result[f"{network} fast"]
+        np.testing.assert_allclose(fast["losses"], reference["losses"], rtol=1e-5, atol=1e-6, err_msg=network)
+        assert all(g is not None for g in fast["grads"].values()), network
+        zero = [k for k, g in fast["grads"].items() if k.endswith(".bias") and g == 0.0]
+        assert len(zero) == before_norms, (network, zero)
