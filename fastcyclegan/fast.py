@@ -38,6 +38,17 @@ def norm_after(layers: nn.Sequential, conv: int, z: Tensor, **fused) -> Tensor:
     return instance_norm(z, weight=norm.weight, bias=norm.bias, conv_bias=conv_bias, eps=norm.eps, **fused)
 
 
+def convert(cls: type[nn.Module], module: nn.Module, describe) -> nn.Module:
+    """`cls` built from what `describe(module)` reads off it, on the module's device, in its dtype and train/eval
+    mode; ValueError naming the reason (the layer that shows it) when `describe` raises NotAGenerator."""
+    try:
+        spec = describe(module)
+    except NotAGenerator as err:  # NotAPatchGAN is one too
+        raise ValueError(f"cannot convert {type(module).__name__} to {cls.__name__}: it {err}") from err
+    first = next(iter(spec.state.values()))
+    return spec.build(cls).to(device=first.device, dtype=first.dtype).train(module.training)
+
+
 def _conv_norm(layers: nn.Sequential, conv: int, h: Tensor, **fused) -> Tensor:
     """layers[conv](h), bias-free, through the fused norm after it (`norm_after`)."""
     return norm_after(layers, conv, convs.conv_without_bias(layers[conv], h), **fused)
@@ -76,13 +87,7 @@ class FastGenerator(Generator):
         Raises ValueError naming the layer that shows why for anything else (batch norm, dropout, zero or
         replicate padding, an upsample decoder, running statistics, ...).
         """
-        try:
-            spec = describe_module(module)
-        except NotAGenerator as err:
-            raise ValueError(f"cannot convert {type(module).__name__} to FastGenerator: it {err}") from err
-        fast = spec.build(cls)
-        first = next(iter(spec.state.values()))
-        return fast.to(device=first.device, dtype=first.dtype).train(module.training)
+        return convert(cls, module, describe_module)
 
     def compile(self, *, mode: str | None = None, dynamic: bool | None = None, **options) -> FastGenerator:
         """Compile in place with `fullgraph=True` (the fused ops stay single nodes) and return self.

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import convs
-from .fast import norm_after
-from .patchgan import SLOPE, NotAPatchGAN, describe_discriminator_module
+from .fast import convert, norm_after
+from .patchgan import SLOPE, describe_discriminator_module
 from .reference import Discriminator
 
 
@@ -37,13 +37,7 @@ class FastDiscriminator(Discriminator):
         whose layers, in registration order, are the paper's (any names, nesting and wrappers; affine norms
         or not); ValueError naming the layer that shows why for anything else (batch norm, spectral norm,
         another depth or slope, ...)."""
-        try:
-            spec = describe_discriminator_module(module)
-        except NotAPatchGAN as err:
-            raise ValueError(f"cannot convert {type(module).__name__} to FastDiscriminator: it {err}") from err
-        fast = spec.build(cls)
-        first = next(iter(spec.state.values()))
-        return fast.to(device=first.device, dtype=first.dtype).train(module.training)
+        return convert(cls, module, describe_discriminator_module)
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels or not x.is_floating_point():
