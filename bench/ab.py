@@ -21,6 +21,8 @@ import sys
 import time
 
 import torch
+from fcg_cycle import BACKENDS as CYCLE_BACKENDS
+from fcg_cycle import build, iteration, reference_networks
 from fcg_matrix import blocks_for
 from fcg_variants import VARIANTS
 
@@ -42,35 +44,40 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--json", help="also write the timings here")
+    parser.add_argument(
+        "--mode",
+        default="infer",
+        choices=["infer", "cycle"],
+        help="infer: one forward; cycle: one whole CycleGAN training iteration (bench/fcg_cycle.py, backends "
+        "eager, compiled, fast, fast_compiled; --dtype bf16 is autocast)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
     if not names or args.rounds < 1 or args.batch < 1:
         parser.error("need at least one backend, --rounds >= 1 and --batch >= 1")
     device = torch.device(args.device) if args.device else default_device()
     torch.manual_seed(0)
-    reference = Generator(blocks_for(args.size), ngf=args.ngf).eval()
     x = torch.rand(args.batch, 3, args.size, args.size, device=device) * 2 - 1
-    runs = {}
-    for name in names:
-        backend = _build(name, reference, device, DTYPES[args.dtype], x, parser)
-        inp = backend.prepare(x.to(DTYPES[args.dtype]))
-        runs[name] = (backend, inp)
+    calls = (
+        _cycle_calls(names, args, x, device, parser)
+        if args.mode == "cycle"
+        else _forward_calls(names, args, x, device, parser)
+    )
     seconds: dict[str, list[float]] = {name: [] for name in names}
-    with torch.inference_mode():
-        for backend, inp in runs.values():
-            backend.run(inp)  # compile and warm up outside the timed rounds
-        synchronize(device)
-        for _ in range(args.rounds):
-            for name, (backend, inp) in runs.items():
-                start = time.perf_counter()
-                backend.run(inp)
-                synchronize(device)
-                seconds[name].append(time.perf_counter() - start)
+    for call in calls.values():
+        call()  # compile and warm up outside the timed rounds
+    synchronize(device)
+    for _ in range(args.rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
     first = statistics.median(seconds[names[0]])
     facts = device_facts(device)
     print(
-        f"{facts['device']}, torch {facts['torch']}, {args.size}x{args.size} batch {args.batch} {args.dtype}, "
-        f"{args.rounds} interleaved rounds:"
+        f"{facts['device']}, torch {facts['torch']}, {args.mode}, {args.size}x{args.size} batch {args.batch} "
+        f"{args.dtype}, {args.rounds} interleaved rounds:"
     )
     for name in names:
         median = statistics.median(seconds[name])
@@ -79,6 +86,33 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "device": facts, "seconds": seconds}, f, indent=1)
     return 0
+
+
+def _forward_calls(names, args, x, device, parser) -> dict:
+    """name -> a call of one inference forward of that backend on x."""
+    reference = Generator(blocks_for(args.size), ngf=args.ngf).eval()
+    calls = {}
+    for name in names:
+        backend = _build(name, reference, device, DTYPES[args.dtype], x, parser)
+        inp = backend.prepare(x.to(DTYPES[args.dtype]))
+        calls[name] = lambda backend=backend, inp=inp: _no_grad(backend.run, inp)
+    return calls
+
+
+def _no_grad(run, inp):
+    with torch.inference_mode():
+        return run(inp)
+
+
+def _cycle_calls(names, args, x, device, parser) -> dict:
+    """name -> a call of one whole CycleGAN training iteration of that backend (A = x, B = x flipped)."""
+    unknown = [n for n in names if n not in CYCLE_BACKENDS]
+    if unknown:
+        parser.error(f"--mode cycle takes the backends {', '.join(CYCLE_BACKENDS)}; got {', '.join(unknown)}")
+    networks = reference_networks(blocks_for(args.size), args.ngf)
+    real_b = x.flip(-1)
+    gans = {name: build(name, networks, device) for name in names}
+    return {name: lambda gan=gan: iteration(gan, x, real_b, DTYPES[args.dtype]) for name, gan in gans.items()}
 
 
 def _build(name: str, reference, device, dtype, example, parser) -> Backend:

@@ -51,8 +51,9 @@ def pytest_addoption(parser):
     group.addoption(
         "--fcg-mode",
         default="infer",
-        help="comma list out of infer (forward, img/s) and train (one generator step: forward, "
-        "backward, Adam; batches 1,4 on CUDA, 1 on a CPU unless --fcg-batches)",
+        help="comma list out of infer (forward, img/s), train (one generator step: forward, backward, Adam) "
+        "and cycle (one whole CycleGAN iteration: two generators, two discriminators, image pools, two Adams); "
+        "train and cycle take batches 1,4 on CUDA, 1 on a CPU unless --fcg-batches",
     )
     group.addoption(
         "--fcg-cudnn-benchmark",

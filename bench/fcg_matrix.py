@@ -37,7 +37,7 @@ def _shapes(text: str) -> list[tuple[int, ...]]:
 
 
 NORMS = ("plain", "affine")
-MODES = ("infer", "train")
+MODES = ("infer", "train", "cycle")
 
 
 def bench_device(config) -> torch.device:

@@ -1,0 +1,100 @@
+"""The whole CycleGAN training iteration of every backend (`--fcg-mode cycle`): gradient parity, then
+iterations per second.
+
+One iteration (bench/fcg_cycle.py, as the public training code runs it): two generators and two PatchGAN
+discriminators, the generator step with identity, LSGAN and cycle losses, the discriminator step on pooled
+fakes, two Adams. Backends: eager (Generator, Discriminator), compiled (each network torch.compile'd), fast
+(FastGenerator, FastDiscriminator), fast_compiled (those with fullgraph). fp32, and bf16 as autocast over
+fp32 weights. Before it is timed, every parameter's gradient of the four networks on several seeds' batches
+is held to the parity rule against the reference networks in float64. Results: ms per iteration, images
+(per domain) per second, iterations per second, with `mode` = cycle in the report.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from fcg_cycle import BACKENDS, build, gradients, iteration, reference_networks
+from fcg_matrix import blocks_for, matrix
+from fcg_results import record_generator_result
+
+from fastcyclegan.backends import DTYPES
+from fastcyclegan.measure import PARITY_SEEDS, generator_gflop, parity, synchronize
+
+WARMUP_ITERATIONS = 2
+
+
+def pytest_generate_tests(metafunc):
+    if "cycle_case" not in metafunc.fixturenames:
+        return
+    m = matrix(metafunc.config)
+    backends = [b for b in m["backends"] if b in BACKENDS]
+    cases = (
+        []
+        if "cycle" not in m["modes"]
+        else [
+            pytest.param((backend, size, batch, dtype, "plain"), id=f"cycle-{backend}-{size}px-b{batch}-{dtype}")
+            for dtype in m["dtypes"]
+            for size in m["sizes"]
+            for batch in m["train_batches"]
+            for backend in backends
+        ]
+    )
+    metafunc.parametrize("cycle_case", cases)
+
+
+def _batch(size, batch, device, seed):
+    data = torch.Generator().manual_seed(seed)
+    return tuple((torch.rand(batch, 3, size, size, generator=data) * 2 - 1).to(device) for _ in "AB")
+
+
+def test_cycle_iteration(benchmark, cycle_case, fcg, device_info):
+    backend_name, size, batch, dtype_name, _norm = cycle_case
+    device, dtype, ngf = fcg["device"], DTYPES[dtype_name], fcg["ngf"]
+    if backend_name == "compiled" and device.type == "cpu" and dtype != torch.float32:
+        pytest.skip("inductor's CPU bf16 backward of four networks takes many minutes on a small CPU")
+    networks = reference_networks(blocks_for(size), ngf)
+    torch._dynamo.reset()
+    gan = build(backend_name, networks, device)
+    eager, exact = build("eager", networks, device), build("eager", networks, device, torch.float64)
+    seeds = [_batch(size, batch, device, seed) for seed in range(1, PARITY_SEEDS + 1)]
+    start = time.perf_counter()
+    ours = [gradients(gan, a, b, dtype) for a, b in seeds[:1]]
+    compile_s = time.perf_counter() - start if backend_name.endswith("compiled") else 0.0
+    ours += [gradients(gan, a, b, dtype) for a, b in seeds[1:]]
+    same = [gradients(eager, a, b, dtype) for a, b in seeds]
+    expected = [gradients(exact, a.double(), b.double(), torch.float64) for a, b in seeds]
+    check = parity(ours, same, expected)
+    if not check.passed:
+        pytest.fail(f"{backend_name} cycle iteration in {dtype_name} failed gradient parity: {check}; not timed")
+
+    real_a, real_b = seeds[0]
+
+    def step():
+        iteration(gan, real_a, real_b, dtype)
+        synchronize(device)
+
+    for _ in range(WARMUP_ITERATIONS):
+        step()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    benchmark.pedantic(step, rounds=fcg["rounds"], iterations=1, warmup_rounds=0)
+    # an estimate: 6 generator forwards an iteration, backward twice a forward (the discriminators' share,
+    # 6 small forwards, left out)
+    gflop = 18 * generator_gflop(size, blocks_for(size), ngf)
+    record_generator_result(
+        benchmark,
+        mode="cycle",
+        case=cycle_case,
+        ngf=ngf,
+        compile_mode="default" if backend_name.endswith("compiled") else None,
+        compile_s=compile_s,
+        check=check,
+        gflop=gflop,
+        device=device,
+        device_info=device_info,
+    )
+    if benchmark.stats is not None:
+        benchmark.extra_info["iter_per_s"] = 1 / benchmark.stats.stats.median
