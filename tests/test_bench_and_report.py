@@ -489,3 +489,34 @@ def test_the_plot_of_40000_results_on_1000_machines_is_bounded(suite_json, tmp_p
 
     width, height = Image.open(tmp_path / "p.png").size
     assert width < 4000 and height < 4000
+
+
+def test_the_cycle_iteration_bench_runs_both_eager_backends_through_its_gradient_gate(tmp_path):
+    """`pytest bench --fcg-mode cycle` at the smoke shape, eager and fast (the compiled backends compile four
+    networks twice: minutes on 2 cores, run by hand; bench/results/cpu-epyc-2core-20261130/cycle_smoke.txt)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST_")}
+    out = tmp_path / "cycle.json"
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "bench/test_cycle_bench.py",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--fcg-mode",
+        "cycle",
+        "--fcg-smoke",
+        "--fcg-backends",
+        "eager,fast",
+        "--fcg-rounds",
+        "1",
+        f"--benchmark-json={out}",
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    csv = tmp_path / "cycle.csv"
+    _, problems = report([out], csv)
+    df = pd.read_csv(csv)
+    assert problems == [] and sorted(df.backend) == ["eager", "fast"] and set(df["mode"]) == {"cycle"}
+    assert df.parity_err.notna().all()
