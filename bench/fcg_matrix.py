@@ -147,3 +147,22 @@ def matrix(config) -> dict:
         "kernel_shapes": _shapes(pick("--fcg-kernel-shapes", _CUDA_KERNEL_SHAPES, "2,64,32,32", "1,8,8,8")),
         "ngf": 8 if smoke and config.getoption("--fcg-ngf") == 64 else config.getoption("--fcg-ngf"),
     }
+
+
+def generator_cases(m: dict, mode: str, backends=None, norms=None) -> list:
+    """The (backend, size, batch, dtype, norm) cases of `mode` that matrix `m` asks for, as pytest params (none
+    when the mode is not asked for): inference takes the matrix's batches, training modes its train batches;
+    `backends` and `norms` narrow the matrix's own."""
+    if mode not in m["modes"]:
+        return []
+    batches = m["batches"] if mode == "infer" else m["train_batches"]
+    prefix = "" if mode == "infer" else f"{mode}-"
+    backends = m["backends"] if backends is None else backends
+    return [
+        pytest.param((backend, size, batch, dtype, norm), id=f"{prefix}{backend}-{size}px-b{batch}-{dtype}-{norm}")
+        for norm in norms or m["norms"]
+        for dtype in m["dtypes"]
+        for size in m["sizes"]
+        for batch in batches
+        for backend in backends
+    ]

@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 from fcg_cycle import BACKENDS, build, gradients, iteration, reference_networks
-from fcg_matrix import blocks_for, matrix
+from fcg_matrix import blocks_for, generator_cases, matrix
 from fcg_results import record_generator_result
 
 from fastcyclegan.backends import DTYPES
@@ -30,19 +30,9 @@ def pytest_generate_tests(metafunc):
     if "cycle_case" not in metafunc.fixturenames:
         return
     m = matrix(metafunc.config)
-    backends = [b for b in m["backends"] if b in BACKENDS]
-    cases = (
-        []
-        if "cycle" not in m["modes"]
-        else [
-            pytest.param((backend, size, batch, dtype, "plain"), id=f"cycle-{backend}-{size}px-b{batch}-{dtype}")
-            for dtype in m["dtypes"]
-            for size in m["sizes"]
-            for batch in m["train_batches"]
-            for backend in backends
-        ]
+    metafunc.parametrize(
+        "cycle_case", generator_cases(m, "cycle", [b for b in m["backends"] if b in BACKENDS], ["plain"])
     )
-    metafunc.parametrize("cycle_case", cases)
 
 
 def _batch(size, batch, device, seed):

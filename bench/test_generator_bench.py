@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from fcg_matrix import blocks_for, matrix
+from fcg_matrix import blocks_for, generator_cases, matrix
 from fcg_models import reference
 from fcg_results import record_generator_result
 
@@ -27,20 +27,7 @@ WARMUP_CALLS = 3
 def pytest_generate_tests(metafunc):
     if "case" not in metafunc.fixturenames:
         return
-    m = matrix(metafunc.config)
-    cases = (
-        []
-        if "infer" not in m["modes"]
-        else [
-            pytest.param((backend, size, batch, dtype, norm), id=f"{backend}-{size}px-b{batch}-{dtype}-{norm}")
-            for norm in m["norms"]
-            for dtype in m["dtypes"]
-            for size in m["sizes"]
-            for batch in m["batches"]
-            for backend in m["backends"]
-        ]
-    )
-    metafunc.parametrize("case", cases)
+    metafunc.parametrize("case", generator_cases(matrix(metafunc.config), "infer"))
 
 
 @functools.lru_cache(maxsize=2)

@@ -17,7 +17,7 @@ import time
 
 import pytest
 import torch
-from fcg_matrix import blocks_for, matrix
+from fcg_matrix import blocks_for, generator_cases, matrix
 from fcg_models import reference
 from fcg_results import record_generator_result
 
@@ -32,20 +32,7 @@ def pytest_generate_tests(metafunc):
     if "train_case" not in metafunc.fixturenames:
         return
     m = matrix(metafunc.config)
-    backends = [b for b in m["backends"] if b in TRAIN_BACKENDS]
-    cases = (
-        []
-        if "train" not in m["modes"]
-        else [
-            pytest.param((backend, size, batch, dtype, norm), id=f"train-{backend}-{size}px-b{batch}-{dtype}-{norm}")
-            for norm in m["norms"]
-            for dtype in m["dtypes"]
-            for size in m["sizes"]
-            for batch in m["train_batches"]
-            for backend in backends
-        ]
-    )
-    metafunc.parametrize("train_case", cases)
+    metafunc.parametrize("train_case", generator_cases(m, "train", [b for b in m["backends"] if b in TRAIN_BACKENDS]))
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
