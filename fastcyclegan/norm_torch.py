@@ -134,6 +134,33 @@ def instance_norm_forward(
     return mean, rstd
 
 
+def _batch_norm_backward_planes(dy, x, mean, rstd, weight, bias, relu: bool, negative_slope: float):
+    """The backward for NCHW-contiguous x as the forward runs it: all N * C planes as the channels of one
+    (1, N*C, H, W) batch norm, whose ATen backward computes dx and both per-plane sums in two passes (the
+    elementwise formula takes several). The activation's mask first: where its input, the affine map of
+    xhat, is <= 0 the gradient is scaled by the slope (0 for ReLU)."""
+    n, c, h, w = x.shape
+    dtype = mean.dtype
+    planes = x.to(dtype).view(1, n * c, h, w)
+    g = dy.to(dtype).view(1, n * c, h, w)
+    gamma = None if weight is None else weight.to(dtype).repeat(n)
+    if relu:
+        scale = rstd.reshape(-1) if gamma is None else rstd.reshape(-1) * gamma
+        shift = -mean.reshape(-1) * scale
+        if bias is not None:
+            shift = shift + bias.to(dtype).repeat(n)
+        z = torch.addcmul(shift[None, :, None, None], planes, scale[None, :, None, None])
+        # one pass each, the kernels eager's ReLU and LeakyReLU backward run: g where z > 0, else 0 (or g * slope)
+        if negative_slope:
+            g = torch.ops.aten.leaky_relu_backward(g, z, negative_slope, False)
+        else:
+            g = torch.ops.aten.threshold_backward(g, z, 0.0)
+    dx, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
+        g, planes, gamma, None, None, mean.reshape(-1), rstd.reshape(-1), True, 0.0, [True, True, True]
+    )
+    return dx.view(n, c, h, w).to(x.dtype), sum_g.view(n, c), sum_gx.view(n, c)
+
+
 def instance_norm_backward(
     dy: Tensor,
     x: Tensor,
@@ -146,6 +173,10 @@ def instance_norm_backward(
     negative_slope: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, sum of g, sum of g * xhat) per plane, as the kernels' launcher returns them."""
+    n, c, h, w = x.shape
+    if x.numel() and x.is_contiguous() and dy.is_contiguous() and h * w > 1:
+        with torch.autocast(x.device.type, enabled=False):
+            return _batch_norm_backward_planes(dy, x, mean, rstd, weight, bias, relu, negative_slope)
     with torch.autocast(x.device.type, enabled=False):
         mean4, rstd4 = mean[:, :, None, None], rstd[:, :, None, None]
         xhat = (x.to(mean.dtype) - mean4) * rstd4

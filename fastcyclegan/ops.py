@@ -101,6 +101,10 @@ def _instance_norm_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, sum of g, sum of g * xhat) from the gradient dz of the unpadded output; x is the saved (already
     plane-laid-out) input; the sums are per plane, (N, C) in the statistics' dtype."""
+    return _backward_impl(dz, x, mean, rstd, weight, bias, relu, negative_slope)
+
+
+def _backward_impl(dz, x, mean, rstd, weight, bias, relu: bool, negative_slope: float):
     dz = _same_layout(dz, x)
     return _implementation(x).instance_norm_backward(
         dz, x, mean, rstd, weight=weight, bias=bias, relu=relu, negative_slope=negative_slope
@@ -127,7 +131,11 @@ def _backward(ctx, dy, _dmean, _drstd):
     need_x, need_residual, need_weight, need_bias = ctx.needs_input_grad[:4]
     dx = dweight = dbias = None
     if need_x or need_weight or need_bias:
-        dx, sum_g, sum_gx = _instance_norm_backward(dz, x, mean, rstd, weight, bias, ctx.relu, ctx.negative_slope)
+        # a plain backward (grad mode off: no create_graph) calls the implementation itself, the op's dispatch
+        # costing more than a small norm; traced by torch.compile, or differentiated again, it stays one op
+        plain = not torch.is_grad_enabled() and _plain(dz, x, weight, bias)
+        backward = _backward_impl if plain else _instance_norm_backward
+        dx, sum_g, sum_gx = backward(dz, x, mean, rstd, weight, bias, ctx.relu, ctx.negative_slope)
         dx = dx if need_x else None
         dweight = sum_gx.sum(dim=0).to(weight.dtype) if need_weight else None
         dbias = sum_g.sum(dim=0).to(bias.dtype) if need_bias else None
@@ -226,11 +234,14 @@ def instance_norm(
     )[0]
 
 
+def _plain(*tensors) -> bool:
+    """Plain tensors, no compiler tracing: the op's implementation may run without its dispatch."""
+    return not torch.compiler.is_compiling() and all(t is None or type(t) is Tensor for t in tensors)
+
+
 def _plain_inference(*tensors) -> bool:
     """No gradient wanted, no compiler tracing, only plain tensors: the op's implementation can run without
     the dispatcher's custom-op machinery (about 70 us a call on a CPU, a third of a small norm's time).
     torch.compile, autograd and tensor subclasses (fake, functional) always get the registered op."""
-    if torch.compiler.is_compiling():
-        return False
     grad = torch.is_grad_enabled()
-    return all(t is None or (type(t) is Tensor and not (grad and t.requires_grad)) for t in tensors)
+    return _plain(*tensors) and not any(t is not None and grad and t.requires_grad for t in tensors)
