@@ -134,6 +134,14 @@ def instance_norm_forward(
     return mean, rstd
 
 
+def _through_activation(g: Tensor, z: Tensor, negative_slope: float) -> Tensor:
+    """The gradient g through the (leaky) ReLU whose input was z: g where z > 0, else 0 (or g * slope). One
+    pass each, the kernels eager's ReLU and LeakyReLU backward run."""
+    if negative_slope:
+        return torch.ops.aten.leaky_relu_backward(g, z, negative_slope, False)
+    return torch.ops.aten.threshold_backward(g, z, 0.0)
+
+
 def _batch_norm_backward_planes(dy, x, mean, rstd, weight, bias, relu: bool, negative_slope: float):
     """The backward for NCHW-contiguous x as the forward runs it: all N * C planes as the channels of one
     (1, N*C, H, W) batch norm, whose ATen backward computes dx and both per-plane sums in two passes (the
@@ -150,11 +158,7 @@ def _batch_norm_backward_planes(dy, x, mean, rstd, weight, bias, relu: bool, neg
         if bias is not None:
             shift = shift + bias.to(dtype).repeat(n)
         z = torch.addcmul(shift[None, :, None, None], planes, scale[None, :, None, None])
-        # one pass each, the kernels eager's ReLU and LeakyReLU backward run: g where z > 0, else 0 (or g * slope)
-        if negative_slope:
-            g = torch.ops.aten.leaky_relu_backward(g, z, negative_slope, False)
-        else:
-            g = torch.ops.aten.threshold_backward(g, z, 0.0)
+        g = _through_activation(g, z, negative_slope)
     dx, sum_gx, sum_g = torch.ops.aten.native_batch_norm_backward(
         g, planes, gamma, None, None, mean.reshape(-1), rstd.reshape(-1), True, 0.0, [True, True, True]
     )
@@ -174,17 +178,16 @@ def instance_norm_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, sum of g, sum of g * xhat) per plane, as the kernels' launcher returns them."""
     n, c, h, w = x.shape
-    if x.numel() and x.is_contiguous() and dy.is_contiguous() and h * w > 1:
-        with torch.autocast(x.device.type, enabled=False):
-            return _batch_norm_backward_planes(dy, x, mean, rstd, weight, bias, relu, negative_slope)
     with torch.autocast(x.device.type, enabled=False):
+        if x.numel() and x.is_contiguous() and dy.is_contiguous() and h * w > 1:
+            return _batch_norm_backward_planes(dy, x, mean, rstd, weight, bias, relu, negative_slope)
         mean4, rstd4 = mean[:, :, None, None], rstd[:, :, None, None]
         xhat = (x.to(mean.dtype) - mean4) * rstd4
         g = dy.to(mean.dtype)
         gamma = None if weight is None else weight.to(mean.dtype)[None, :, None, None]
         if relu:
             z = xhat if weight is None else xhat * gamma + bias.to(mean.dtype)[None, :, None, None]
-            g = torch.where(z > 0, g, g * negative_slope if negative_slope else 0.0)
+            g = _through_activation(g, z, negative_slope)
         sum_g = g.sum(dim=(2, 3))
         sum_gx = (g * xhat).sum(dim=(2, 3))
         count = x.shape[2] * x.shape[3]

@@ -73,7 +73,8 @@ def find_images(root: Path, exclude: Path | None = None, unlisted: list | None =
 
 # the only decoders that may read an input: Pillow's Image.open tries every format it knows whatever the
 # file's name (an EPS file named x.png goes to Ghostscript, a PostScript interpreter)
-_DECODERS = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_DECODERS = {_PNG_SIGNATURE: "PNG", b"\xff\xd8\xff": "JPEG"}
 
 
 def load_image(path: Path, size: int, channels: int = 3) -> torch.Tensor:
@@ -191,7 +192,7 @@ def png_size(path: Path) -> tuple[int, int] | None:
             head = f.read(24)
     except OSError:
         return None
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+    if len(head) < 24 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
         return None
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
