@@ -1,4 +1,4 @@
-"""Command line: `fastcyclegan report ...` and `fastcyclegan translate ...` (also `python -m fastcyclegan`)."""
+"""Command line: `fastcyclegan report|translate|export ...` (also `python -m fastcyclegan`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from pathlib import Path
 from . import stopping
 
 # the modules each command needs beyond torch, and the extra that installs them
-_NEEDS = {"report": ("bench", ("pandas",)), "translate": ("images", ("PIL",))}
+_NEEDS = {
+    "report": ("bench", ("pandas",)),
+    "translate": ("images", ("PIL",)),
+    "export": ("onnx", ("onnx", "onnxscript")),
+}
 
 
 def missing_extra(command: str) -> str | None:
@@ -65,6 +69,18 @@ def _translate(args) -> int:
         return _translate_alone(args) if job is None else _translate_in_job(args, job)
     except KeyboardInterrupt:
         return _interrupted()
+
+
+def _export(args) -> int:
+    from .export import export_onnx
+
+    try:
+        result = export_onnx(args.checkpoint, args.output, dtype=args.dtype, opset=args.opset, key=args.key)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
+        print(f"fastcyclegan export: {err}", file=sys.stderr)
+        return 2
+    print(result.line())
+    return 0
 
 
 def _interrupted() -> int:
@@ -227,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
         "the job fails (default 600); at the end it waits for slower processes as long as they live",
     )
     tr.set_defaults(func=_translate)
+
+    ex = sub.add_parser(
+        "export",
+        help="write a generator checkpoint as an ONNX file (for ONNX Runtime, OpenVINO, TensorRT)",
+        epilog="exit status: 0 written and checked, 2 nothing written (bad checkpoint, argument or check)",
+    )
+    ex.add_argument("checkpoint", type=Path, help="a ResNet generator checkpoint (public layout or trained elsewhere)")
+    ex.add_argument("output", type=Path, help="the ONNX file to write (replaced if it exists)")
+    ex.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"], help="the file's precision (default fp32)")
+    ex.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or newer (default 18)")
+    ex.add_argument("--key", default=None, help="which state dict of a checkpoint that holds several (netG_A, a/b)")
+    ex.set_defaults(func=_export)
     return parser
 
 

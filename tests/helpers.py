@@ -168,3 +168,59 @@ class PublicNLayerDiscriminator(nn.Module):
 
     def forward(self, x):
         return self.model(x)
+
+
+def learned_affine(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Affine norm parameters far from identity, as a trained model has them (scale 0.7..1.8, |shift| <= 0.9)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.InstanceNorm2d) and m.affine:
+                m.weight.copy_(0.7 + 1.1 * torch.rand(m.num_features, generator=g))
+                m.bias.copy_(1.8 * torch.rand(m.num_features, generator=g) - 0.9)
+    return module
+
+
+class ThirdPartyBlock(nn.Module):
+    """A residual block as a PyPI CycleGAN package writes it: `block`, affine norms."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels, affine=True),
+            nn.ReLU(inplace=True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels, affine=True),
+        )
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+class ThirdPartyGenerator(nn.Module):
+    """9 blocks (by default), InstanceNorm2d(affine=True), attribute names of its own."""
+
+    def __init__(self, num_blocks=9, ngf=8):
+        super().__init__()
+        layers = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf, affine=True), nn.ReLU(True)]
+        for mult in (1, 2):
+            layers += [
+                nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1),
+                nn.InstanceNorm2d(ngf * mult * 2, affine=True),
+                nn.ReLU(True),
+            ]
+        layers += [ThirdPartyBlock(ngf * 4) for _ in range(num_blocks)]
+        for mult in (4, 2):
+            layers += [
+                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
+                nn.InstanceNorm2d(ngf * mult // 2, affine=True),
+                nn.ReLU(True),
+            ]
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.model(x)

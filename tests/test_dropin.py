@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from helpers import PublicResnetGenerator
+from helpers import PublicResnetGenerator, ThirdPartyGenerator, learned_affine
 from torch import nn
 
 from fastcyclegan import FastGenerator, Generator, load_generator
@@ -21,62 +21,6 @@ from fastcyclegan.measure import rms_error
 @pytest.fixture(autouse=True)
 def _pytorch_path(torch_fallback):
     """The op's PyTorch implementation: the path a CPU user of these checkpoints runs."""
-
-
-def _learned_affine(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Affine norm parameters far from identity, as a trained model has them (scale 0.7..1.8, |shift| <= 0.9)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.InstanceNorm2d) and m.affine:
-                m.weight.copy_(0.7 + 1.1 * torch.rand(m.num_features, generator=g))
-                m.bias.copy_(1.8 * torch.rand(m.num_features, generator=g) - 0.9)
-    return module
-
-
-class ThirdPartyBlock(nn.Module):
-    """A residual block as a PyPI CycleGAN package writes it: `block`, affine norms."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.block = nn.Sequential(
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(channels, channels, 3),
-            nn.InstanceNorm2d(channels, affine=True),
-            nn.ReLU(inplace=True),
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(channels, channels, 3),
-            nn.InstanceNorm2d(channels, affine=True),
-        )
-
-    def forward(self, x):
-        return x + self.block(x)
-
-
-class ThirdPartyGenerator(nn.Module):
-    """9 blocks (by default), InstanceNorm2d(affine=True), attribute names of its own."""
-
-    def __init__(self, num_blocks=9, ngf=8):
-        super().__init__()
-        layers = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf, affine=True), nn.ReLU(True)]
-        for mult in (1, 2):
-            layers += [
-                nn.Conv2d(ngf * mult, ngf * mult * 2, 3, stride=2, padding=1),
-                nn.InstanceNorm2d(ngf * mult * 2, affine=True),
-                nn.ReLU(True),
-            ]
-        layers += [ThirdPartyBlock(ngf * 4) for _ in range(num_blocks)]
-        for mult in (4, 2):
-            layers += [
-                nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, stride=2, padding=1, output_padding=1),
-                nn.InstanceNorm2d(ngf * mult // 2, affine=True),
-                nn.ReLU(True),
-            ]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
-        self.model = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.model(x)
 
 
 class MainResGenerator(nn.Module):
@@ -146,7 +90,7 @@ def _assert_same_outputs(original: nn.Module, fast: nn.Module, x: torch.Tensor) 
 
 
 def test_third_party_affine_generator_on_a_photograph(tmp_path):
-    original = _learned_affine(ThirdPartyGenerator(num_blocks=9)).eval()
+    original = learned_affine(ThirdPartyGenerator(num_blocks=9)).eval()
     x = _photo()
     via_module = FastGenerator.from_module(original)
     assert (via_module.num_blocks, via_module.ngf, via_module.affine) == (9, 8, True)
@@ -159,7 +103,7 @@ def test_third_party_affine_generator_on_a_photograph(tmp_path):
 
 
 def test_affine_generator_round_trip_and_gradients():
-    ref = _learned_affine(Generator(2, ngf=8, affine=True))
+    ref = learned_affine(Generator(2, ngf=8, affine=True))
     fast = FastGenerator.from_module(ref)
     assert list(fast.state_dict()) == list(ref.state_dict())
     assert "model.2.weight" in ref.state_dict() and "model.10.conv_block.6.bias" in ref.state_dict()
@@ -178,7 +122,7 @@ def test_affine_generator_round_trip_and_gradients():
         lambda: MainResGenerator(),
         lambda: nn.Sequential(Generator(2, ngf=8)),
         lambda: nn.DataParallel(PublicResnetGenerator(ngf=8, n_blocks=2)),
-        pytest.param(lambda: torch.compile(_learned_affine(ThirdPartyGenerator(num_blocks=2))), marks=pytest.mark.slow),
+        pytest.param(lambda: torch.compile(learned_affine(ThirdPartyGenerator(num_blocks=2))), marks=pytest.mark.slow),
     ],
     ids=["main-res-names", "sequential-wrapped", "dataparallel", "torch-compile-wrapper"],
 )
@@ -218,7 +162,7 @@ def test_several_nested_state_dicts_need_a_key(tmp_path):
 
 def test_safetensors_checkpoint(tmp_path):
     safetensors = pytest.importorskip("safetensors.torch", reason="safetensors is an optional dependency")
-    g = _learned_affine(Generator(1, ngf=8, affine=True))
+    g = learned_affine(Generator(1, ngf=8, affine=True))
     safetensors.save_file({k: v.contiguous() for k, v in g.state_dict().items()}, tmp_path / "g.safetensors")
     loaded = load_generator(tmp_path / "g.safetensors", fast=True)
     assert loaded.affine and torch.equal(loaded.state_dict()["model.2.weight"], g.state_dict()["model.2.weight"])

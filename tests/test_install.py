@@ -14,6 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # the optional packages: none of them may be needed to import and run the drop-in module
 OPTIONAL = ("pandas", "pytest", "pytest_benchmark", "matplotlib", "PIL", "tqdm", "safetensors")
+OPTIONAL += ("onnx", "onnxscript", "onnxruntime", "openvino")
 
 
 def _without(packages, code: str) -> subprocess.CompletedProcess:
@@ -34,6 +35,7 @@ def test_runtime_dependencies_are_torch_triton_and_numpy_only():
     assert runtime == ["torch", "triton", "numpy"]
     assert {"pandas", "pytest-benchmark", "matplotlib", "pytest"} <= extras["bench"]
     assert {"pillow", "tqdm"} <= extras["images"]
+    assert {"onnx", "onnxscript", "onnxruntime"} <= extras["onnx"] and extras["openvino"] == {"openvino"}
 
 
 def test_the_drop_in_module_and_the_loader_run_without_any_extra(tmp_path):
@@ -55,10 +57,18 @@ print("ok")
 
 @pytest.mark.parametrize(
     "argv, extra, module",
-    [(["report"], "bench", "pandas"), (["translate", "g.pth", "in", "out"], "images", "PIL")],
+    [
+        (["report"], "bench", "pandas"),
+        (["translate", "g.pth", "in", "out"], "images", "PIL"),
+        (["export", "g.pth", "g.onnx"], "onnx", "onnx"),
+    ],
 )
 def test_a_command_without_its_extra_names_it_in_one_line(argv, extra, module):
-    packages = ("pandas", "pytest", "pytest_benchmark", "matplotlib") if extra == "bench" else ("PIL", "tqdm")
+    packages = {
+        "bench": ("pandas", "pytest", "pytest_benchmark", "matplotlib"),
+        "images": ("PIL", "tqdm"),
+        "onnx": ("onnx", "onnxscript", "onnxruntime"),
+    }[extra]
     done = _without(packages, f"from fastcyclegan.cli import main\nsys.exit(main({argv!r}))")
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip() == (

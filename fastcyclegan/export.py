@@ -1,0 +1,246 @@
+"""ONNX export of any generator the loader accepts, checked before a byte is written.
+
+`export_onnx(source, path)` takes a checkpoint (file or state dict: the public layout, affine norms, other
+names, nested, safetensors) or a module (a `Generator`, a `FastGenerator`, or any ResNet generator
+`describe_module` recognises) and writes an ONNX file, opset 18 or newer, fp32 or fp16, with dynamic batch,
+height and width. The graph is the reference's: Conv, InstanceNormalization, Relu, Add, ConvTranspose, Tanh
+and Pad(mode="reflect") where the paper pads; a FastGenerator's fused op is lowered to exactly those nodes
+through the exporter's translation table (`onnx_translation_table`). Before the file is written the model is
+checked by `onnx.checker`, its pads are checked to be the reference's reflection pads, and, where onnxruntime
+is installed, it is run on PARITY_SEEDS inputs at two batch sizes and two image sizes and held to the parity
+rule (`fastcyclegan.measure`) against the reference module in float64. Needs the `onnx` extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import io
+import logging
+import os
+import socket
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .fast import FastGenerator
+from .loader import load_generator
+from .measure import PARITY_SEEDS, Parity, parity
+from .reference import Generator
+from .structure import NotAGenerator, describe_module
+
+MIN_OPSET = 18  # Pad with mode="reflect" on dynamic shapes and InstanceNormalization as TensorRT parses them
+EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+# (batch, H, W) of the parity check: two batch sizes and two image sizes run from the one file; small, so
+# the fp16 reference (slow on a CPU) takes seconds
+CHECK_SHAPES = ((1, 32, 32), (2, 48, 40))
+INPUT_NAME, OUTPUT_NAME = "image", "translated"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What was written and how it was checked."""
+
+    path: Path
+    dtype: str
+    opset: int
+    ops: tuple[str, ...]  # the ONNX operator types in the graph
+    checks: tuple[tuple[tuple[int, int, int], Parity], ...]  # ((batch, H, W), parity) per checked shape
+    unchecked: str | None  # why the file was not run (onnxruntime absent), else None
+
+    def line(self) -> str:
+        head = f"wrote {self.path}: {self.dtype}, opset {self.opset}, dynamic batch, height and width"
+        if self.unchecked:
+            return f"{head}; checked by onnx.checker, not run: {self.unchecked}"
+        shapes = ", ".join(f"{n}x3x{h}x{w}" for (n, h, w), _ in self.checks)
+        worst = max(self.checks, key=lambda c: c[1].error / max(c[1].reference_error, 1e-30))[1]
+        return (
+            f"{head}; onnxruntime within the parity rule at {shapes} (largest: RMS error {worst.error:.3g} "
+            f"against float64, eager {self.dtype} {worst.reference_error:.3g})"
+        )
+
+
+def _lowered_instance_norm(x, residual, weight, bias, relu, eps, pad, conv_bias=None, negative_slope=0.0):
+    """`fastcyclegan::instance_norm` as ONNX nodes (onnxscript, traced by the exporter): InstanceNormalization,
+    then Relu or LeakyRelu, then Add of the residual, then Pad(mode="reflect"); the op's order. The op's
+    second and third outputs (per-plane mean and rstd, kept for its backward) are computed for the graph's
+    types and removed by the exporter's optimizer, since nothing reads them. conv_bias is not read (the
+    norm removes it)."""
+    from onnxscript import opset18 as op
+
+    channels = op.Shape(x, start=1, end=2)
+    if weight is None:  # InstanceNormalization takes a scale and a bias: ones and zeros, one per channel
+        weight = op.Expand(op.CastLike(op.Constant(value_float=1.0), x), channels)
+        bias = op.Expand(op.CastLike(op.Constant(value_float=0.0), x), channels)
+    else:
+        weight, bias = op.CastLike(weight, x), op.CastLike(bias, x)
+    y = op.InstanceNormalization(x, weight, bias, epsilon=eps)
+    if relu:
+        y = op.LeakyRelu(y, alpha=negative_slope) if negative_slope else op.Relu(y)
+    if residual is not None:
+        y = op.Add(y, residual)
+    if pad:
+        y = op.Pad(y, op.Constant(value_ints=[0, 0, pad, pad, 0, 0, pad, pad]), mode="reflect")
+    planes = op.Cast(x, to=1)  # fp32 statistics, (N, C)
+    axes = op.Constant(value_ints=[2, 3])
+    mean = op.ReduceMean(planes, axes, keepdims=1)
+    centred = op.Sub(planes, mean)
+    variance = op.ReduceMean(op.Mul(centred, centred), axes, keepdims=0)
+    rstd = op.Reciprocal(op.Sqrt(op.Add(variance, op.Constant(value_float=eps))))
+    return y, op.ReduceMean(planes, axes, keepdims=0), rstd
+
+
+def onnx_translation_table() -> dict:
+    """`custom_translation_table` for `torch.onnx.export(..., dynamo=True)` of modules that call the fused op
+    (FastGenerator, FastDiscriminator): the op becomes the standard ONNX nodes of the reference."""
+    return {torch.ops.fastcyclegan.instance_norm.default: _lowered_instance_norm}
+
+
+def _generator(source, key: str | None) -> tuple[nn.Module, Generator]:
+    """(the module to export, the reference Generator with its weights) for a module or a checkpoint."""
+    if isinstance(source, nn.Module):
+        try:
+            spec = describe_module(source)
+        except NotAGenerator as err:
+            raise ValueError(f"cannot export {type(source).__name__}: it {err}") from err
+        reference = spec.build(Generator)
+        if isinstance(source, FastGenerator):
+            return copy.deepcopy(source), reference
+        return reference, reference
+    reference = load_generator(source, key=key)
+    return reference, reference
+
+
+def _check_arguments(path: Path, dtype: str, opset: int) -> None:
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(
+            f"ONNX export writes fp32 or fp16 files (what ONNX Runtime, OpenVINO and TensorRT read), got {dtype!r}"
+        )
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ValueError(f"opset must be an int >= {MIN_OPSET}, got {opset!r}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give the ONNX file's path")
+    if not path.parent.is_dir():
+        raise ValueError(f"{path.parent} is not a folder: the ONNX file's folder must exist")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs a line per unregistered torchvision op, prints its progress and warns of its own
+    deprecations: keep them off the user's terminal."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def onnx_model(source, *, dtype: str = "fp32", opset: int = MIN_OPSET, key: str | None = None):
+    """(the onnx ModelProto of `source`, checked, and the reference Generator it must match). No file."""
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
+    except ImportError as err:
+        raise ImportError(f"ONNX export needs onnx and onnxscript: pip install 'fastcyclegan[onnx]' ({err})") from err
+    module, reference = _generator(source, key)
+    module = module.to(device="cpu", dtype=EXPORT_DTYPES[dtype]).eval()
+    example = torch.zeros(2, module.in_channels, 64, 64, dtype=EXPORT_DTYPES[dtype])  # batch 2: not specialised
+    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=(dims,),
+            custom_translation_table=onnx_translation_table(),
+            verbose=False,
+        )
+    model = program.model_proto
+    onnx.checker.check_model(model, full_check=True)
+    _check_pads(model, reference)
+    return model, reference
+
+
+def _check_pads(model, reference: Generator) -> None:
+    """Reflection pads only, at least the reference's (7x7 stem and head, two per residual block; a
+    FastGenerator's graph pads the last block's output too and slices it off). A zero pad would run and look
+    almost right (only the borders differ), so it is refused."""
+    modes = [
+        next((a.s.decode() for a in node.attribute if a.name == "mode"), "constant")
+        for node in model.graph.node
+        if node.op_type == "Pad"
+    ]
+    expected = 2 + 2 * reference.num_blocks
+    if len(modes) < expected or any(m != "reflect" for m in modes):
+        raise ValueError(
+            f"the exported graph has {len(modes)} Pad nodes with modes {sorted(set(modes))}; expected at least "
+            f"{expected}, all reflect (the reference's padding): not written"
+        )
+
+
+def _run_checks(model, reference: Generator, dtype: str) -> tuple[tuple[tuple[int, int, int], Parity], ...]:
+    """Runs the model in onnxruntime (CPU) at CHECK_SHAPES on PARITY_SEEDS inputs each; ValueError when a shape
+    breaks the parity rule against the reference module in float64."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    same = copy.deepcopy(reference).to(EXPORT_DTYPES[dtype]).eval()
+    exact = copy.deepcopy(reference).double().eval()
+    checks = []
+    for batch, height, width in CHECK_SHAPES:
+        outputs, references, expected = [], [], []
+        for seed in range(1, PARITY_SEEDS + 1):
+            generator = torch.Generator().manual_seed(seed)
+            x = torch.rand(batch, reference.in_channels, height, width, generator=generator) * 2 - 1
+            x = x.to(EXPORT_DTYPES[dtype])
+            (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
+            outputs.append(torch.from_numpy(out))
+            with torch.no_grad():
+                references.append(same(x))
+                expected.append(exact(x.double()))
+        check = parity(outputs, references, expected)
+        if not check.passed:
+            raise ValueError(f"onnxruntime's output at {batch}x3x{height}x{width} fails the parity rule: {check}")
+        checks.append(((batch, height, width), check))
+    return tuple(checks)
+
+
+def export_onnx(source, path, *, dtype: str = "fp32", opset: int = MIN_OPSET, key: str | None = None) -> ExportResult:
+    """Writes `source` (a checkpoint or a generator module; see the module's docstring) to `path` as ONNX.
+
+    Nothing is written unless every check passes: onnx.checker, the reference's reflection pads, and (where
+    onnxruntime is installed) the parity rule at CHECK_SHAPES. The file appears whole or not at
+    all (written beside `path`, then renamed). Raises ValueError naming the reason for a checkpoint or module
+    that is not a ResNet generator, a dtype other than fp32/fp16, an opset below 18, or a failed check.
+    """
+    path = Path(path)
+    _check_arguments(path, dtype, opset)
+    model, reference = onnx_model(source, dtype=dtype, opset=opset, key=key)
+    checks, unchecked = (), None
+    if importlib.util.find_spec("onnxruntime") is None:
+        unchecked = "onnxruntime is not installed (pip install 'fastcyclegan[onnx]')"
+    else:
+        checks = _run_checks(model, reference, dtype)
+    temporary = path.with_name(f".{path.name[:200]}.{socket.gethostname()[:32]}-{os.getpid()}.tmp")
+    try:
+        temporary.write_bytes(model.SerializeToString())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    ops = tuple(sorted({node.op_type for node in model.graph.node}))
+    return ExportResult(path, dtype, opset, ops, checks, unchecked)
