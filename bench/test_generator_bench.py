@@ -49,7 +49,7 @@ def _expected(size: int, batch: int, dtype_name: str, ngf: int, norm: str, devic
 def test_generator(benchmark, case, fcg, device_info):
     backend_name, size, batch, dtype_name, norm = case
     device, dtype, ngf = fcg["device"], DTYPES[dtype_name], fcg["ngf"]
-    reason = unavailable_reason(backend_name, device)
+    reason = unavailable_reason(backend_name, device, dtype=dtype)
     if reason:
         pytest.skip(reason)
     inputs, expected, same_dtype = _expected(size, batch, dtype_name, ngf, norm, device)

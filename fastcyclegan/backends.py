@@ -15,10 +15,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import runtimes
 from .fast import FastGenerator
 from .reference import Generator
 
 BACKENDS = ("eager", "eager_cl", "compiled", "compiled_max_autotune", "fast", "fast_compiled", "tensorrt")
+BACKENDS += runtimes.RUNTIMES  # onnxruntime, openvino: the exported ONNX file in a deployment runtime
 # compiled_max_autotune compiles for minutes: only on request
 DEFAULT_BACKENDS = tuple(b for b in BACKENDS if b != "compiled_max_autotune")
 
@@ -42,10 +44,19 @@ def compile_mode(device: torch.device) -> str:
     return "reduce-overhead" if device.type == "cuda" else "default"
 
 
-def unavailable_reason(name: str, device: torch.device, training: bool = False) -> str | None:
-    """Why `name` cannot run on `device` here (for training steps when `training`), or None when it can."""
+def unavailable_reason(
+    name: str, device: torch.device, training: bool = False, dtype: torch.dtype | None = None
+) -> str | None:
+    """Why `name` cannot run on `device` here (for training steps when `training`; in `dtype` when given), or
+    None when it can."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    if name in runtimes.RUNTIMES:
+        return (
+            f"{name} is an inference runtime: no training step"
+            if training
+            else runtimes.unavailable(name, device, dtype)
+        )
     if training and name == "tensorrt":
         return "tensorrt compiles an inference engine: no training step"
     if name in ("tensorrt", "compiled_max_autotune") and device.type != "cuda":
@@ -79,7 +90,7 @@ def build_backend(
 
     `example` (an input of the benchmark's shape) is needed by tensorrt only, which compiles ahead of time.
     """
-    reason = unavailable_reason(name, device, training)
+    reason = unavailable_reason(name, device, training, dtype)
     if reason:
         raise RuntimeError(f"backend {name} is unavailable: {reason}")
     backend = _build(name, reference, device, dtype, example, "default" if training else compile_mode(device))
@@ -88,6 +99,9 @@ def build_backend(
 
 
 def _build(name, reference, device, dtype, example, mode) -> Backend:
+    if name in runtimes.RUNTIMES:
+        module = copy.deepcopy(reference).eval()  # the weights the file was made from
+        return Backend(name, module, runtimes.build(name, reference, dtype), channels_last_input=False)
     if name.startswith("fast"):
         fast = FastGenerator.from_module(reference).to(device=device, dtype=dtype).eval()
         if name == "fast_compiled":

@@ -205,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_report)
 
     from .backends import BACKENDS
+    from .runtimes import RUNTIMES
 
     tr = sub.add_parser(
         "translate",
@@ -228,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--backend",
         default="fast",
-        choices=[b for b in BACKENDS if b != "tensorrt"],
+        choices=[b for b in BACKENDS if b != "tensorrt" and b not in RUNTIMES],  # PyTorch modules only
         help="generator backend (default fast)",
     )
     tr.add_argument("--key", default=None, help="which state dict of a checkpoint that holds several (netG_A, a/b)")

@@ -15,7 +15,15 @@ CPU = torch.device("cpu")
 
 
 def test_cpu_backends_and_the_reasons_for_the_others():
-    assert available_backends(CPU) == ["eager", "eager_cl", "compiled", "fast", "fast_compiled"]
+    # the test extra installs onnxruntime and openvino: the deployment runtimes are in the CPU's default matrix
+    expected = ["eager", "eager_cl", "compiled", "fast", "fast_compiled", "onnxruntime", "openvino"]
+    assert available_backends(CPU) == expected
+    assert (
+        unavailable_reason("onnxruntime", CPU, dtype=torch.bfloat16)
+        == "onnxruntime runs float32 on a CPU here, not bfloat16"
+    )
+    assert unavailable_reason("openvino", CPU, training=True) == "openvino is an inference runtime: no training step"
+    assert "not wired" in unavailable_reason("onnxruntime", torch.device("cuda"))
     assert unavailable_reason("tensorrt", CPU) == "tensorrt requires CUDA"
     assert unavailable_reason("compiled_max_autotune", CPU) == "compiled_max_autotune requires CUDA"
     assert "compiled_max_autotune" in BACKENDS and "compiled_max_autotune" not in DEFAULT_BACKENDS
@@ -25,7 +33,9 @@ def test_cpu_backends_and_the_reasons_for_the_others():
         build_backend("tensorrt", Generator(1, ngf=4), device=CPU, dtype=torch.float32)
 
 
-@pytest.mark.parametrize("name", ["eager", "eager_cl", "fast", pytest.param("compiled", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name", ["eager", "eager_cl", "fast", "onnxruntime", "openvino", pytest.param("compiled", marks=pytest.mark.slow)]
+)
 def test_backend_output_passes_parity(name):
     reference = Generator(1, ngf=8).eval()
     x = torch.rand(2, 3, 20, 20) * 2 - 1
@@ -74,3 +84,25 @@ def test_parity_rule_is_a_median_with_a_worst_seed_bound(ratios, passes):
 def test_flop_count_matches_the_design_figures():
     assert generator_gflop(256, 9) == pytest.approx(99.1, abs=0.05)
     assert generator_gflop(128, 6) == pytest.approx(17.5, abs=0.05)
+
+
+def test_a_runtime_without_its_package_says_which_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    assert unavailable_reason("openvino", CPU) == "openvino not installed (pip install 'fastcyclegan[openvino]')"
+    assert "openvino" not in available_backends(CPU)
+
+
+def test_openvino_in_bf16_runs_where_the_cpu_has_native_bf16():
+    from fastcyclegan.runtimes import _openvino_capabilities
+
+    if "BF16" not in _openvino_capabilities():
+        assert "no native bf16" in unavailable_reason("openvino", CPU, dtype=torch.bfloat16)
+        pytest.skip("this CPU has no native bf16: OpenVINO's bf16 precision is refused (asserted above)")
+    reference = Generator(1, ngf=8).eval()
+    backend = build_backend("openvino", reference, device=CPU, dtype=torch.bfloat16)
+    check = generator_parity(reference, backend.run, torch.bfloat16, (2, 3, 24, 24))
+    assert check.passed, check
+    assert backend.run(torch.rand(1, 3, 24, 24, dtype=torch.bfloat16)).dtype == torch.bfloat16
