@@ -2,12 +2,14 @@
 
     python bench/ab.py --backends eager,fast --size 256 --batch 8 --dtype fp32 --rounds 7 [--json out.json]
     python bench/ab.py --backends fast,fast:stem8,fast:head8,fast:stem8+head8 --dtype bf16
+    python bench/ab.py --backends eager,compiled,fast,fast_compiled,onnxruntime,openvino --size 128 --busy 2
 
 `fast:NAME` is the FastGenerator candidate NAME of bench/fcg_variants.py (stem8, head8, stem8+head8), run
 eagerly like `fast`: the A/B of a change before it moves into FastGenerator.
 
 Each round calls every backend once, in turn, on the same input (after a warm-up call each, compile
-included), so slow drift of the machine (other processes, clocks) hits all of them alike; the table gives
+included), so slow drift of the machine (other processes, clocks) hits all of them alike; `--busy N` runs
+N busy PyTorch processes beside the rounds (bench/fcg_busy.py: a shared CPU); the table gives
 each backend's median and its ratio to the first backend's median. pytest-benchmark's suites time one case
 after another instead; use this for the A/B of a change and those for the matrix.
 """
@@ -21,6 +23,7 @@ import sys
 import time
 
 import torch
+from fcg_busy import busy_processes
 from fcg_cycle import BACKENDS as CYCLE_BACKENDS
 from fcg_cycle import build, iteration, reference_networks
 from fcg_matrix import blocks_for
@@ -51,10 +54,11 @@ def main(argv=None) -> int:
         help="infer: one forward; cycle: one whole CycleGAN training iteration (bench/fcg_cycle.py, backends "
         "eager, compiled, fast, fast_compiled; --dtype bf16 is autocast)",
     )
+    parser.add_argument("--busy", type=int, default=0, help="busy PyTorch processes beside the timed rounds")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
-    if not names or args.rounds < 1 or args.batch < 1:
-        parser.error("need at least one backend, --rounds >= 1 and --batch >= 1")
+    if not names or args.rounds < 1 or args.batch < 1 or args.busy < 0:
+        parser.error("need at least one backend, --rounds >= 1, --batch >= 1 and --busy >= 0")
     device = torch.device(args.device) if args.device else default_device()
     torch.manual_seed(0)
     x = torch.rand(args.batch, 3, args.size, args.size, device=device) * 2 - 1
@@ -67,17 +71,19 @@ def main(argv=None) -> int:
     for call in calls.values():
         call()  # compile and warm up outside the timed rounds
     synchronize(device)
-    for _ in range(args.rounds):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            synchronize(device)
-            seconds[name].append(time.perf_counter() - start)
+    with busy_processes(args.busy):
+        for _ in range(args.rounds):
+            for name, call in calls.items():
+                start = time.perf_counter()
+                call()
+                synchronize(device)
+                seconds[name].append(time.perf_counter() - start)
     first = statistics.median(seconds[names[0]])
     facts = device_facts(device)
     print(
         f"{facts['device']}, torch {facts['torch']}, {args.mode}, {args.size}x{args.size} batch {args.batch} "
-        f"{args.dtype}, {args.rounds} interleaved rounds:"
+        f"{args.dtype}, {args.rounds} interleaved rounds, {torch.get_num_threads()} threads, "
+        f"{args.busy} busy PyTorch processes beside:"
     )
     for name in names:
         median = statistics.median(seconds[name])

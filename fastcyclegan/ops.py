@@ -235,8 +235,12 @@ def instance_norm(
 
 
 def _plain(*tensors) -> bool:
-    """Plain tensors, no compiler tracing: the op's implementation may run without its dispatch."""
-    return not torch.compiler.is_compiling() and all(t is None or type(t) is Tensor for t in tensors)
+    """Plain tensors or parameters (no fake or functional subclass), no compiler tracing: the op's
+    implementation may run without its dispatch."""
+    return not torch.compiler.is_compiling() and all(t is None or type(t) in _PLAIN_TYPES for t in tensors)
+
+
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 
 def _plain_inference(*tensors) -> bool:

@@ -74,6 +74,9 @@ def _onnxruntime(model: bytes, threads: int) -> Callable[[Tensor], Tensor]:
     options.inter_op_num_threads = 1
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # its idle threads would otherwise spin after each run, taking the cores from whatever runs next in the
+    # process (an interleaved A/B's next backend: eager PyTorch took 1.4x its time right after it)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     (input_name,) = [i.name for i in session.get_inputs()]
 

@@ -236,16 +236,17 @@ def test_large_mean_keeps_precision(monkeypatch):
         assert made[64 * 64] == {split}, made
         torch.testing.assert_close(y.double(), reference_instance_norm(x), atol=1e-4, rtol=0)
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the PyTorch path
-    for layout in (x, x.contiguous(memory_format=torch.channels_last)):  # shifted Welford / ATen's batch norm
+    for layout in (x, x.contiguous(memory_format=torch.channels_last)):  # ATen's batch norm / two-pass sums
         y, mean, rstd = torch.ops.fastcyclegan.instance_norm(layout, None, None, None, False, 1e-5, 0)
-        torch.testing.assert_close(mean.double(), x.double().mean((2, 3)), atol=0, rtol=1e-7)
+        # within 2 ulps of fp32 (the mean is stored in fp32: 1 ulp at 1e4 is 1e-7 of it)
+        torch.testing.assert_close(mean.double(), x.double().mean((2, 3)), atol=0, rtol=2.4e-7)
         torch.testing.assert_close(
             rstd.double(), x.double().var((2, 3), unbiased=False).add(1e-5).rsqrt(), rtol=1e-5, atol=0
         )
-    cl = ops.instance_norm(x.contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(cl.double(), reference_instance_norm(x), atol=1e-4, rtol=0)
-    # NCHW: one batch norm over all planes, whose x * a + b transform rounds like eager InstanceNorm2d's
-    torch.testing.assert_close(ops.instance_norm(x).double(), reference_instance_norm(x), atol=2e-3, rtol=0)
+    # both layouts: exact statistics, then eager InstanceNorm2d's x * a + b transform, which rounds x * a to
+    # |mean| / std * 2^-24 (6e-4 here); a statistic that lost digits would be off by far more
+    for layout in (x, x.contiguous(memory_format=torch.channels_last)):
+        torch.testing.assert_close(ops.instance_norm(layout).double(), reference_instance_norm(x), atol=2e-3, rtol=0)
     naive_var = (x * x).mean((2, 3)) - x.mean((2, 3)) ** 2
     assert (naive_var - x.double().var((2, 3), unbiased=False)).abs().max() > 0.1  # the test can tell them apart
 

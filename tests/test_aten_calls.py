@@ -1,0 +1,53 @@
+"""The CPU path's ATen calls: a constant number per norm site whatever the batch (no loop over images or
+planes: on a shared CPU every parallel region's barrier waits for a scheduler slice), counted at the
+dispatcher on a FastGenerator forward that runs the pre-packed channels-last path."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from fastcyclegan import FastGenerator, Generator
+from fastcyclegan.norm_torch import fill_reflect_border
+
+pytestmark = pytest.mark.usefixtures("torch_fallback")
+
+# measured 51 a site on the channels-last path (views included: slices, unsqueezes, narrows); room for a
+# few more, not for a copy per image
+CALLS_PER_NORM_SITE = 56
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        self.names.add(func.__name__.split(".")[0])
+        return func(*args, **(kwargs or {}))
+
+
+def _calls(model, batch: int) -> int:
+    x = torch.rand(batch, 3, 64, 64) * 2 - 1
+    with torch.inference_mode(), _Count() as count:
+        model(x)
+    return count.calls
+
+
+def test_a_forward_makes_the_same_aten_calls_at_any_batch_and_few_per_norm_site():
+    fast = FastGenerator.from_module(Generator(2, ngf=8)).eval()  # ngf 8 at 64x64: the packed path's threshold
+    sites = 3 + 2 * fast.num_blocks + 2
+    _calls(fast, 2)  # the first forward packs the conv weights for oneDNN (once)
+    calls = {batch: _calls(fast, batch) for batch in (1, 3, 5)}
+    assert calls[1] == calls[3] == calls[5], calls
+    assert calls[1] <= CALLS_PER_NORM_SITE * sites, calls
+
+
+def test_a_one_pixel_border_is_filled_without_a_flip():
+    y = torch.arange(2 * 3 * 6 * 7, dtype=torch.float32).view(2, 3, 6, 7)
+    with _Count() as count:
+        fill_reflect_border(y, 1)
+    filled = torch.nn.functional.pad(y[:, :, 1:-1, 1:-1], (1, 1, 1, 1), mode="reflect")
+    assert torch.equal(y, filled)
+    assert "flip" not in count.names and "copy_" in count.names, count.names  # a flip copies
