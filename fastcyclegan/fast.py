@@ -92,10 +92,27 @@ class FastGenerator(Generator):
     def compile(self, *, mode: str | None = None, dynamic: bool | None = None, **options) -> FastGenerator:
         """Compile in place with `fullgraph=True` (the fused ops stay single nodes) and return self.
 
-        mode="reduce-overhead" adds CUDA graphs, which pays at small batches on a GPU.
+        mode="reduce-overhead" adds CUDA graphs, which pays at small batches on a GPU. Calls that would run on
+        a CPU's pre-packed oneDNN weights (fp32 inference, `convs.activation_format`) take the uncompiled path:
+        inductor packs weights only when freezing and fuses nothing into the fused op, so compiled they ran
+        1.1x the eager path's time (bench/results/TUNING.md). Autograd, half precision and GPUs run compiled.
         """
         super().compile(fullgraph=True, mode=mode, dynamic=dynamic, **options)
+        compiled = self._compiled_call_impl
+
+        def call(*args, **kwargs):
+            x = args[0] if args else kwargs.get("x")
+            if isinstance(x, Tensor) and x.dim() == 4 and self._runs_packed(x):
+                return self._call_impl(*args, **kwargs)
+            return compiled(*args, **kwargs)
+
+        self._compiled_call_impl = call
         return self
+
+    def _runs_packed(self, x: Tensor) -> bool:
+        """Whether forward(x) runs channels-last on pre-packed oneDNN weights (CPU fp32 inference)."""
+        stem = self.model[self.layout.stem]
+        return convs.activation_format(x, stem) == torch.channels_last and stem.weight.device == x.device
 
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:

@@ -258,3 +258,36 @@ def test_bench_variants_change_nothing_but_speed(size, variant):
         assert (a.grad is None) == (b.grad is None), name
         if a.grad is not None:
             torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_compile_routes_cpu_fp32_inference_to_the_packed_eager_path(torch_fallback):
+    """FastGenerator.compile(): calls that would run on pre-packed oneDNN weights skip the compiled graph
+    (compiled they were slower on a CPU); nothing is traced for them."""
+    from torch._dynamo.utils import counters
+
+    reference = Generator(1, ngf=8).eval()
+    fast = FastGenerator.from_module(reference).eval()
+    x = torch.rand(1, 3, 64, 64) * 2 - 1  # ngf 8 at 64x64: the packed path's threshold
+    with torch.inference_mode():
+        expected = fast(x)
+    torch._dynamo.reset()
+    counters.clear()
+    fast.compile()
+    with torch.inference_mode():
+        out = fast(x)
+        assert fast._runs_packed(x)
+    assert torch.equal(out, expected)
+    assert counters["frames"]["ok"] == 0 and counters["stats"]["calls_captured"] == 0, dict(counters)
+
+
+@pytest.mark.slow
+def test_compile_still_compiles_what_the_packed_path_does_not_run(torch_fallback):
+    from torch._dynamo.utils import counters
+
+    fast = FastGenerator.from_module(Generator(1, ngf=8)).eval()
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    torch._dynamo.reset()
+    counters.clear()
+    fast.compile()
+    fast(x.requires_grad_()).sum().backward()  # autograd: the compiled graph
+    assert not fast._runs_packed(x) and counters["stats"]["calls_captured"] > 0
