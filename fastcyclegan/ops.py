@@ -116,13 +116,16 @@ def _(dz, x, mean, rstd, weight, bias, relu, negative_slope=0.0):
     return torch.empty_like(x), torch.empty_like(mean), torch.empty_like(mean)
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output, returned: bool = True):
+    """Saves what the backward reads; `returned`: mean and rstd are outputs (the op's), marked
+    non-differentiable."""
     x, residual, weight, bias, relu, _eps, pad, conv_bias, negative_slope = inputs
     _y, mean, rstd = output
     ctx.save_for_backward(plane_layout(x), mean, rstd, weight, bias, conv_bias)
     ctx.relu, ctx.pad, ctx.negative_slope = relu, pad, negative_slope
     ctx.has_residual = residual is not None
-    ctx.mark_non_differentiable(mean, rstd)
+    if returned:
+        ctx.mark_non_differentiable(mean, rstd)
 
 
 def _backward(ctx, dy, _dmean, _drstd):
@@ -227,11 +230,30 @@ def instance_norm(
         )
     if weight is not None:
         weight, bias = weight.contiguous(), bias.contiguous()  # the kernels index them with stride 1
+    args = (x, residual, weight, bias, relu, float(eps), int(pad), conv_bias, float(negative_slope))
     if _plain_inference(x, residual, weight, bias, conv_bias):
         return _forward_impl(x, residual, weight, bias, relu, float(eps), int(pad), float(negative_slope))[0]
-    return torch.ops.fastcyclegan.instance_norm(
-        x, residual, weight, bias, relu, float(eps), int(pad), conv_bias, float(negative_slope)
-    )[0]
+    if _plain(x, residual, weight, bias, conv_bias):  # eager autograd: the op's formula, without its dispatch
+        return _EagerAutograd.apply(*args)
+    return torch.ops.fastcyclegan.instance_norm(*args)[0]
+
+
+class _EagerAutograd(torch.autograd.Function):
+    """The op's forward, setup and backward for plain tensors in eager autograd, as one autograd.Function:
+    the custom op's dispatch layers (its autograd wrapper, the dispatcher) cost more than a small norm on a
+    CPU training step (bench/results/TUNING.md). torch.compile, tensor subclasses and double backward through
+    the compiled graph keep the registered op."""
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, relu, eps, pad, conv_bias, negative_slope):
+        y, mean, rstd = _forward_impl(x, residual, weight, bias, relu, eps, pad, negative_slope)
+        inputs = (x, residual, weight, bias, relu, eps, pad, conv_bias, negative_slope)
+        _setup_context(ctx, inputs, (y, mean, rstd), returned=False)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        return _backward(ctx, dy, None, None)
 
 
 def _plain(*tensors) -> bool:

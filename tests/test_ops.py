@@ -388,6 +388,31 @@ def test_the_conv_bias_is_not_read_and_gets_an_exact_zero_gradient():
         ops.instance_norm(x, conv_bias=torch.zeros(3))
 
 
+@pytest.mark.parametrize("affine, residual", [(False, False), (True, True)])
+def test_eager_autograd_takes_no_dispatch_and_equals_the_registered_op(monkeypatch, affine, residual):
+    """Plain tensors in eager autograd run the op's formula as one autograd.Function (no custom-op dispatch);
+    its output and every gradient equal those of the registered op, called directly."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    r = torch.randn_like(x) if residual else None
+    w, b = (torch.rand(5, dtype=torch.float64) + 0.5, torch.randn(5, dtype=torch.float64)) if affine else (None, None)
+    conv_bias = torch.randn(5, dtype=torch.float64)
+    results = []
+    for via_op in (False, True):
+        leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, r, w, b, conv_bias)]
+        xg, rg, wg, bg, cg = leaves
+        if via_op:
+            y = torch.ops.fastcyclegan.instance_norm(xg, rg, wg, bg, True, 1e-5, 1, cg, 0.0)[0]
+        else:
+            y = ops.instance_norm(xg, rg, weight=wg, bias=bg, conv_bias=cg, relu=True, pad=1)
+            assert type(y.grad_fn).__name__ == "_EagerAutogradBackward"
+        y.backward(torch.randn_like(y, generator=torch.Generator().manual_seed(1)))
+        results.append([y.detach()] + [t.grad for t in leaves if t is not None])
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=1e-12)
+
+
 def test_opcheck_backward_op():
     x = torch.randn(2, 5, 6, 7)
     _, mean, rstd = _forward(x, relu=True)
