@@ -34,7 +34,7 @@ from .measure import PARITY_SEEDS, Parity, parity
 from .reference import Generator
 from .structure import NotAGenerator, describe_module
 
-MIN_OPSET = 18  # Pad with mode="reflect" on dynamic shapes and InstanceNormalization as TensorRT parses them
+MIN_OPSET = 18  # the exporter's default, and the oldest opset this project has run its checks on
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # (batch, H, W) of the parity check: two batch sizes and two image sizes run from the one file; small, so
 # the fp16 reference (slow on a CPU) takes seconds
@@ -102,18 +102,17 @@ def onnx_translation_table() -> dict:
 
 
 def _generator(source, key: str | None) -> tuple[nn.Module, Generator]:
-    """(the module to export, the reference Generator with its weights) for a module or a checkpoint."""
+    """(the module to export, the reference Generator with the source's weights) for a module or a checkpoint;
+    two objects, so casting the first to the file's dtype leaves the reference's weights as they were."""
     if isinstance(source, nn.Module):
         try:
             spec = describe_module(source)
         except NotAGenerator as err:
             raise ValueError(f"cannot export {type(source).__name__}: it {err}") from err
         reference = spec.build(Generator)
-        if isinstance(source, FastGenerator):
-            return copy.deepcopy(source), reference
-        return reference, reference
-    reference = load_generator(source, key=key)
-    return reference, reference
+    else:
+        reference = load_generator(source, key=key)
+    return copy.deepcopy(source if isinstance(source, FastGenerator) else reference), reference
 
 
 def _check_arguments(path: Path, dtype: str, opset: int) -> None:

@@ -83,10 +83,19 @@ def test_a_fast_generator_exports_its_fused_op_as_standard_nodes(tmp_path):
     _runs_within_parity(tmp_path / "fast.onnx", reference)
 
 
-def test_an_fp16_file_runs_within_the_parity_rule_in_fp16(tmp_path):
+def test_an_fp16_file_runs_within_the_parity_rule_in_fp16(tmp_path, monkeypatch):
     torch.manual_seed(1)
     reference = Generator(2, ngf=8).eval()
-    export_onnx(reference, tmp_path / "g16.onnx", dtype="fp16")
+    torch.save(reference.state_dict(), tmp_path / "g.pth")
+    checked = []
+    real_checks = _run_checks
+    monkeypatch.setattr(
+        "fastcyclegan.export._run_checks",
+        lambda model, ref, dtype: checked.append(ref) or real_checks(model, ref, dtype),
+    )
+    export_onnx(tmp_path / "g.pth", tmp_path / "g16.onnx", dtype="fp16")
+    # the run check's float64 yardstick holds the checkpoint's fp32 weights, not the file's fp16 ones
+    assert all(p.dtype == torch.float32 for p in checked[0].parameters())
     model = onnx.load(str(tmp_path / "g16.onnx"))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
     _runs_within_parity(tmp_path / "g16.onnx", reference, torch.float16)
