@@ -48,8 +48,9 @@ def _zero_border(padded: Tensor, pad: int) -> None:
 
 
 def _two_pass_channels_last(z: Tensor, x: Tensor, weight, bias, eps: float, whole: Tensor, pad: int):
-    """The same for channels-last x of any float dtype, all planes at once, with no temporary: z (the
-    statistics' dtype) is `whole`'s interior, `whole` being `out` (padded by `pad`) or z itself.
+    """The same for channels-last x of any float dtype, all planes at once: z (the statistics' dtype) is
+    `whole`'s interior, `whole` being `out` (padded by `pad`; fp32 x: no temporary at all) or z itself (a
+    temporary, for half precision x).
 
     The mean by ATen's sum over (H, W) (cascaded partial sums, vectorised across the channels); the variance
     as the sum of (x - mean)^2, squared in place in z (two-pass: exact where E[x^2] - mean^2 cancels); then

@@ -41,9 +41,9 @@ def _openvino_capabilities() -> tuple[str, ...]:
 def unavailable(name: str, device: torch.device, dtype: torch.dtype | None = None) -> str | None:
     """Why runtime `name` cannot run on `device` in `dtype` here, or None when it can."""
     module, extra = _PACKAGE[name]
-    for needed in (module, *_NEEDS_EXPORT):
+    for needed, its_extra in ((module, extra), *((m, "onnx") for m in _NEEDS_EXPORT)):
         if importlib.util.find_spec(needed) is None:
-            return f"{needed} not installed (pip install 'fastcyclegan[{extra}]')"
+            return f"{needed} not installed (pip install 'fastcyclegan[{its_extra}]')"
     if device.type != "cpu":
         return f"{name} runs on the CPU here: its CUDA/TensorRT providers are not wired (never run on a GPU here)"
     if dtype is not None and dtype not in _DTYPES[name]:

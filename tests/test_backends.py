@@ -93,6 +93,9 @@ def test_a_runtime_without_its_package_says_which_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
     assert unavailable_reason("openvino", CPU) == "openvino not installed (pip install 'fastcyclegan[openvino]')"
     assert "openvino" not in available_backends(CPU)
+    # the file it runs comes from the exporter: without it, the extra that installs the exporter is named
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    assert unavailable_reason("openvino", CPU) == "onnxscript not installed (pip install 'fastcyclegan[onnx]')"
 
 
 def test_openvino_in_bf16_runs_where_the_cpu_has_native_bf16():
