@@ -49,7 +49,13 @@ def fold_reflect_pad(dy: Tensor, pad: int) -> Tensor:
     for dim in (3, 2):  # columns, then rows of what the columns left
         size = dy.shape[dim] - 2 * pad
         folded = dy.narrow(dim, pad, size).clone(memory_format=fmt)
-        folded.narrow(dim, 1, pad).add_(dy.narrow(dim, 0, pad).flip(dim))
-        folded.narrow(dim, size - 1 - pad, pad).add_(dy.narrow(dim, pad + size, pad).flip(dim))
+        folded.narrow(dim, 1, pad).add_(mirrored(dy.narrow(dim, 0, pad), dim))
+        folded.narrow(dim, size - 1 - pad, pad).add_(mirrored(dy.narrow(dim, pad + size, pad), dim))
         dy = folded
     return dy
+
+
+def mirrored(border: Tensor, dim: int) -> Tensor:
+    """border reversed along dim, the order a reflection pad writes it in; a 1-wide border is its own mirror
+    and stays a view (a flip copies)."""
+    return border.flip(dim) if border.shape[dim] > 1 else border

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .layout import memory_format_of, stats_dtype
+from .layout import memory_format_of, mirrored, stats_dtype
 
 CL = torch.channels_last
 
@@ -99,10 +99,6 @@ def _normalize_into(z: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | 
 def fill_reflect_border(y: Tensor, pad: int) -> Tensor:
     """Writes the reflection-padding border of y (N, C, H + 2 pad, W + 2 pad) from its interior, in place."""
     h, w = y.shape[2] - 2 * pad, y.shape[3] - 2 * pad
-
-    def mirrored(t: Tensor, dim: int) -> Tensor:  # a 1-pixel border needs no flip (a flip copies)
-        return t.flip(dim) if pad > 1 else t
-
     rows = y[:, :, pad : pad + h]
     rows[..., :pad].copy_(mirrored(rows[..., pad + 1 : 2 * pad + 1], -1))  # left columns mirror the interior
     rows[..., pad + w :].copy_(mirrored(rows[..., w - 1 : w - 1 + pad], -1))
