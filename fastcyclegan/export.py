@@ -168,7 +168,10 @@ def onnx_model(source, *, dtype: str = "fp32", opset: int = MIN_OPSET, key: str 
             verbose=False,
         )
     model = program.model_proto
-    onnx.checker.check_model(model, full_check=True)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise ValueError(f"the exported graph fails onnx.checker, not written: {err}") from err
     _check_pads(model, reference)
     return model, reference
 

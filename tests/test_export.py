@@ -135,6 +135,15 @@ def test_a_module_that_is_no_resnet_generator_is_refused_naming_the_layer(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_graph_onnx_checker_refuses_is_a_value_error_naming_it(monkeypatch):
+    def refuse(model, full_check=False):
+        raise onnx.checker.ValidationError("Nodes in a graph must be topologically sorted")
+
+    monkeypatch.setattr(onnx.checker, "check_model", refuse)
+    with pytest.raises(ValueError, match="fails onnx.checker, not written: Nodes in a graph"):
+        onnx_model(Generator(1, ngf=4))
+
+
 def test_zero_padding_in_the_graph_is_refused():
     model, reference = onnx_model(Generator(1, ngf=4))
     _check_pads(model, reference)  # the export as made passes
