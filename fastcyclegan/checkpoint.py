@@ -110,7 +110,7 @@ def _find_state_dicts(loaded, name: str) -> list[tuple[str, Mapping]]:
         if visits > _MAX_VISITS:
             raise ValueError(
                 f"checkpoint {name} nests more than {_MAX_VISITS:,} dict entries: refused rather than searched "
-                "(say which state dict with key=..., translate: --key)"
+                "(say which state dict with key=..., on the command line --key)"
             )
         children = []
         for k, v in node.items():
@@ -147,7 +147,7 @@ def _unnest(loaded, name: str, key: str | None) -> tuple[Mapping, str | None]:
     if len(found) > 1:
         raise ValueError(
             f"checkpoint {name} holds several state dicts ({', '.join(k for k, _ in found[:8])}): say which "
-            "one with key=... (translate: --key)"
+            "one with key=... (on the command line: --key)"
         )
     return found[0][1], found[0][0]
 
