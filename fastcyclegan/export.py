@@ -6,7 +6,8 @@ names, nested, safetensors) or a module (a `Generator`, a `FastGenerator`, or an
 height and width. The graph is the reference's: Conv, InstanceNormalization, Relu, Add, ConvTranspose, Tanh
 and Pad(mode="reflect") where the paper pads; a FastGenerator's fused op is lowered to exactly those nodes
 through the exporter's translation table (`onnx_translation_table`). Before the file is written the model is
-checked by `onnx.checker`, its pads are checked to be the reference's reflection pads, and, where onnxruntime
+checked by `onnx.checker`, its pads are checked to be the reference's reflection pads and its norms' scales
+and biases to be constants (TensorRT's parser requires it), and, where onnxruntime
 is installed, it is run on PARITY_SEEDS inputs at two batch sizes and two image sizes and held to the parity
 rule (`fastcyclegan.measure`) against the reference module in float64. Needs the `onnx` extra.
 """
@@ -173,6 +174,7 @@ def onnx_model(source, *, dtype: str = "fp32", opset: int = MIN_OPSET, key: str 
     except onnx.checker.ValidationError as err:
         raise ValueError(f"the exported graph fails onnx.checker, not written: {err}") from err
     _check_pads(model, reference)
+    _check_norm_parameters(model)
     return model, reference
 
 
@@ -191,6 +193,20 @@ def _check_pads(model, reference: Generator) -> None:
             f"the exported graph has {len(modes)} Pad nodes with modes {sorted(set(modes))}; expected at least "
             f"{expected}, all reflect (the reference's padding): not written"
         )
+
+
+def _check_norm_parameters(model) -> None:
+    """Every InstanceNormalization's scale and bias are constants of the file (initializers or Constant nodes),
+    as TensorRT's ONNX parser requires of them; a scale computed at run time would parse in ONNX Runtime and
+    fail there."""
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    for node in model.graph.node:
+        if node.op_type == "InstanceNormalization" and not set(node.input[1:3]) <= constants:
+            raise ValueError(
+                f"InstanceNormalization {node.name!r} takes a scale or bias computed at run time "
+                f"({', '.join(node.input[1:3])}); TensorRT needs them as constants of the file: not written"
+            )
 
 
 def _run_checks(model, reference: Generator, dtype: str) -> tuple[tuple[tuple[int, int, int], Parity], ...]:

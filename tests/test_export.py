@@ -14,7 +14,7 @@ import torch
 from helpers import PublicResnetGenerator, ThirdPartyGenerator, generator_parity, learned_affine
 
 from fastcyclegan import FastGenerator, Generator
-from fastcyclegan.export import CHECK_SHAPES, _check_pads, _run_checks, export_onnx, onnx_model
+from fastcyclegan.export import CHECK_SHAPES, _check_norm_parameters, _check_pads, _run_checks, export_onnx, onnx_model
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra (onnx, onnxscript) is not installed")
 pytest.importorskip("onnxscript", reason="the onnx extra (onnx, onnxscript) is not installed")
@@ -142,6 +142,16 @@ def test_a_graph_onnx_checker_refuses_is_a_value_error_naming_it(monkeypatch):
     monkeypatch.setattr(onnx.checker, "check_model", refuse)
     with pytest.raises(ValueError, match="fails onnx.checker, not written: Nodes in a graph"):
         onnx_model(Generator(1, ngf=4))
+
+
+def test_norm_scales_computed_at_run_time_are_refused():
+    """TensorRT's ONNX parser takes InstanceNormalization's scale and bias only as constants of the file."""
+    model, _ = onnx_model(FastGenerator.from_module(Generator(1, ngf=4)))  # a plain norm: ones and zeros made
+    _check_norm_parameters(model)  # folded into constants by the exporter
+    norm = next(n for n in model.graph.node if n.op_type == "InstanceNormalization")
+    norm.input[1] = model.graph.input[0].name  # a scale the graph computes (here: the input itself)
+    with pytest.raises(ValueError, match="computed at run time.*TensorRT needs them as constants"):
+        _check_norm_parameters(model)
 
 
 def test_zero_padding_in_the_graph_is_refused():
