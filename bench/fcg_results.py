@@ -1,5 +1,5 @@
-"""The row every generator benchmark (inference or training step) stores in pytest-benchmark's extra_info:
-what `fastcyclegan report` reads."""
+"""How every generator benchmark (inference, training step, CycleGAN iteration) times its call once it has
+passed parity, and the row it stores in pytest-benchmark's extra_info: what `fastcyclegan report` reads."""
 
 from __future__ import annotations
 
@@ -7,6 +7,17 @@ import torch
 from fcg_matrix import blocks_for
 
 from fastcyclegan.measure import GENERATOR_SUITE
+
+
+def time_and_record(benchmark, call, *, warmup: int, rounds: int, **row) -> None:
+    """`warmup` untimed calls, the peak-memory counter reset (CUDA), `rounds` timed calls of `call`, then the
+    row (`record_generator_result`'s arguments)."""
+    for _ in range(warmup):
+        call()
+    if row["device"].type == "cuda":
+        torch.cuda.reset_peak_memory_stats(row["device"])
+    benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
+    record_generator_result(benchmark, **row)
 
 
 def record_generator_result(

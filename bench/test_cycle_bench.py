@@ -18,7 +18,7 @@ import pytest
 import torch
 from fcg_cycle import BACKENDS, build, gradients, iteration, reference_networks
 from fcg_matrix import blocks_for, generator_cases, matrix
-from fcg_results import record_generator_result
+from fcg_results import time_and_record
 
 from fastcyclegan.backends import DTYPES
 from fastcyclegan.measure import PARITY_SEEDS, generator_gflop, parity, synchronize
@@ -66,16 +66,14 @@ def test_cycle_iteration(benchmark, cycle_case, fcg, device_info):
         iteration(gan, real_a, real_b, dtype)
         synchronize(device)
 
-    for _ in range(WARMUP_ITERATIONS):
-        step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    benchmark.pedantic(step, rounds=fcg["rounds"], iterations=1, warmup_rounds=0)
     # an estimate: 6 generator forwards an iteration, backward twice a forward (the discriminators' share,
     # 6 small forwards, left out)
     gflop = 18 * generator_gflop(size, blocks_for(size), ngf)
-    record_generator_result(
+    time_and_record(
         benchmark,
+        step,
+        warmup=WARMUP_ITERATIONS,
+        rounds=fcg["rounds"],
         mode="cycle",
         case=cycle_case,
         ngf=ngf,

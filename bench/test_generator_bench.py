@@ -16,7 +16,7 @@ import pytest
 import torch
 from fcg_matrix import blocks_for, generator_cases, matrix
 from fcg_models import reference
-from fcg_results import record_generator_result
+from fcg_results import time_and_record
 
 from fastcyclegan.backends import DTYPES, build_backend, unavailable_reason
 from fastcyclegan.measure import PARITY_SEEDS, generator_gflop, parity, synchronize
@@ -71,14 +71,12 @@ def test_generator(benchmark, case, fcg, device_info):
     check = parity(outputs, same_dtype, expected)
     if not check.passed:
         pytest.fail(f"{backend_name} in {dtype_name} failed parity: {check}; not timed")
-    for _ in range(WARMUP_CALLS):
-        forward()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    benchmark.pedantic(forward, rounds=fcg["rounds"], iterations=1, warmup_rounds=0)
     gflop = generator_gflop(size, blocks_for(size), ngf)
-    record_generator_result(
+    time_and_record(
         benchmark,
+        forward,
+        warmup=WARMUP_CALLS,
+        rounds=fcg["rounds"],
         mode="infer",
         case=case,
         ngf=ngf,

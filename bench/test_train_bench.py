@@ -19,7 +19,7 @@ import pytest
 import torch
 from fcg_matrix import blocks_for, generator_cases, matrix
 from fcg_models import reference
-from fcg_results import record_generator_result
+from fcg_results import time_and_record
 
 from fastcyclegan.backends import DTYPES, build_backend, unavailable_reason
 from fastcyclegan.measure import PARITY_SEEDS, generator_gflop, parity, synchronize
@@ -96,14 +96,12 @@ def test_train_step(benchmark, train_case, fcg, device_info):
         optimizer.step()
         synchronize(device)
 
-    for _ in range(WARMUP_STEPS):
-        step()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    benchmark.pedantic(step, rounds=fcg["rounds"], iterations=1, warmup_rounds=0)
     gflop = 3 * generator_gflop(size, blocks_for(size), ngf)  # forward + backward (inputs and weights)
-    record_generator_result(
+    time_and_record(
         benchmark,
+        step,
+        warmup=WARMUP_STEPS,
+        rounds=fcg["rounds"],
         mode="train",
         case=train_case,
         ngf=ngf,
