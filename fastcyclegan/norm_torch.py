@@ -37,6 +37,15 @@ def _batch_norm_planes(z: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor
     return mean.view(n, c), rstd.view(n, c)
 
 
+def _transform(mean: Tensor, var: Tensor, weight, bias, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(rstd, scale, shift) of the (N, C) statistics of the values v a plane holds: IN(v) * weight + bias =
+    v * scale + shift. A constant plane with eps = 0 gets rstd 0, as ATen's."""
+    rstd = torch.where(var + eps > 0, torch.rsqrt(var + eps), 0.0)
+    scale = rstd if weight is None else rstd * weight.to(rstd.dtype)
+    shift = -mean * scale if bias is None else bias.to(rstd.dtype) - mean * scale
+    return rstd, scale, shift
+
+
 def _zero_border(padded: Tensor, pad: int) -> None:
     """Zeroes the reflection-padding border of padded (N, C, H + 2 pad, W + 2 pad), in place: four strips."""
     h, w = padded.shape[2] - 2 * pad, padded.shape[3] - 2 * pad
@@ -70,9 +79,7 @@ def _two_pass_channels_last(z: Tensor, x: Tensor, weight, bias, eps: float, whol
     if whole is not z and pad:
         _zero_border(whole, pad)
     var = whole.square_().sum(dim=(2, 3)) / count
-    rstd = torch.where(var + eps > 0, torch.rsqrt(var + eps), 0.0)  # eps = 0, constant plane: 0, as ATen's
-    scale = rstd if weight is None else rstd * weight.to(rstd.dtype)
-    shift = -mean * scale if bias is None else bias.to(rstd.dtype) - mean * scale
+    rstd, scale, shift = _transform(mean, var, weight, bias, eps)
     torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None], out=z)
     return mean, rstd
 
@@ -89,9 +96,7 @@ def _normalize_into(z: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | 
     anchor = x[:, :, :1, :1].to(z.dtype)
     torch.sub(x, anchor, out=z)
     var, mean_z = torch.var_mean(z, dim=(2, 3), unbiased=False)
-    rstd = torch.where(var + eps > 0, torch.rsqrt(var + eps), 0.0)  # eps = 0, constant plane: 0, as ATen's
-    scale = rstd if weight is None else rstd * weight.to(rstd.dtype)
-    shift = -mean_z * scale if bias is None else bias.to(rstd.dtype) - mean_z * scale
+    rstd, scale, shift = _transform(mean_z, var, weight, bias, eps)
     torch.addcmul(shift[:, :, None, None], z, scale[:, :, None, None], out=z)
     return mean_z + anchor[:, :, 0, 0], rstd
 
