@@ -4,6 +4,7 @@ and the public repository's layout."""
 from __future__ import annotations
 
 import copy
+import importlib.util
 
 import torch
 from torch import nn
@@ -224,3 +225,9 @@ class ThirdPartyGenerator(nn.Module):
 
     def forward(self, x):
         return self.model(x)
+
+
+def hide_module(monkeypatch, name: str) -> None:
+    """importlib.util.find_spec(name) answers None for the rest of the test, as where `name` is not installed."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda module, *a: None if module == name else real(module, *a))

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import generator_parity
+from helpers import generator_parity, hide_module
 
 from fastcyclegan import FastGenerator, Generator
 from fastcyclegan.backends import BACKENDS, DEFAULT_BACKENDS, available_backends, build_backend, unavailable_reason
@@ -87,14 +87,12 @@ def test_flop_count_matches_the_design_figures():
 
 
 def test_a_runtime_without_its_package_says_which_extra(monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    hide_module(monkeypatch, "openvino")
     assert unavailable_reason("openvino", CPU) == "openvino not installed (pip install 'fastcyclegan[openvino]')"
     assert "openvino" not in available_backends(CPU)
     # the file it runs comes from the exporter: without it, the extra that installs the exporter is named
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    monkeypatch.undo()  # openvino back
+    hide_module(monkeypatch, "onnxscript")
     assert unavailable_reason("openvino", CPU) == "onnxscript not installed (pip install 'fastcyclegan[onnx]')"
 
 

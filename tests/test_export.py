@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from helpers import PublicResnetGenerator, ThirdPartyGenerator, generator_parity, learned_affine
+from helpers import PublicResnetGenerator, ThirdPartyGenerator, generator_parity, hide_module, learned_affine
 
 from fastcyclegan import FastGenerator, Generator
 from fastcyclegan.export import CHECK_SHAPES, _check_norm_parameters, _check_pads, _run_checks, export_onnx, onnx_model
@@ -186,10 +186,7 @@ def test_a_file_off_the_reference_fails_the_run_check_and_keeps_the_old_file(tmp
 
 
 def test_without_onnxruntime_the_file_is_written_and_says_it_was_not_run(tmp_path, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    hide_module(monkeypatch, "onnxruntime")
     result = export_onnx(Generator(1, ngf=4), tmp_path / "g.onnx")
     assert result.checks == () and "onnxruntime is not installed" in result.line()
     onnx.checker.check_model(onnx.load(str(tmp_path / "g.onnx")))
