@@ -68,11 +68,26 @@ def _packed(h: Tensor, conv: nn.Module) -> bool:
 
 def _transposed(conv: nn.ConvTranspose2d, h: Tensor) -> Tensor:
     """conv(h) without its bias, in the layout of h's activations (h may be a padded tensor's interior: its
-    channel stride tells), with input and weight channels-last for oneDNN on a CPU."""
+    channel stride tells), with input and weight channels-last for oneDNN on a CPU in inference. With autograd
+    NCHW activations keep an NCHW weight (a copy of the channels-last parameter, a fraction of an activation's
+    size): the layout copies of input, output and both their gradients cost more than channels-last saves
+    (1x128x64x64 -> 64 channels, forward + backward: 21.7 against 19.3 ms; bench/results/TUNING.md)."""
     nchw = h.stride(1) != 1 or h.shape[1] == 1
-    h = h.contiguous(memory_format=weight_format(conv))
+    weight = conv.weight
+    if nchw and torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        fmt = torch.contiguous_format
+        weight = weight.contiguous()
+    else:
+        fmt = weight_format(conv)
     z = F.conv_transpose2d(
-        h, conv.weight, None, conv.stride, conv.padding, conv.output_padding, conv.groups, conv.dilation
+        h.contiguous(memory_format=fmt),
+        weight,
+        None,
+        conv.stride,
+        conv.padding,
+        conv.output_padding,
+        conv.groups,
+        conv.dilation,
     )
     return z.contiguous() if nchw else z
 

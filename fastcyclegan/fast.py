@@ -14,18 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import convs
-from .ops import instance_norm
+from .ops import instance_norm, interior
 from .reference import Generator, GeneratorLayout
 from .structure import NotAGenerator, describe_module
 
 
 def _reflect(x: Tensor, pad: int) -> Tensor:
     return F.pad(x, (pad, pad, pad, pad), mode="reflect")
-
-
-def _interior(padded: Tensor, pad: int) -> Tensor:
-    """The unpadded view of a reflection-padded activation (no copy)."""
-    return padded[:, :, pad:-pad, pad:-pad]
 
 
 def norm_after(layers: nn.Sequential, conv: int, z: Tensor, **fused) -> Tensor:
@@ -153,9 +148,9 @@ class FastGenerator(Generator):
         for b in at.blocks:  # h: the block input, reflection-padded by 1
             block = m[b].conv_block
             t = _conv_norm(block, first, h, relu=True, pad=1)
-            h = _conv_norm(block, second, t, residual=_interior(h, 1), pad=1)
+            h = _conv_norm(block, second, t, residual=interior(h, 1), pad=1)
         if at.num_blocks:
-            h = _interior(h, 1)
+            h = interior(h, 1)
         h = _conv_norm(m, at.up[0], h, relu=True)
         h = _conv_norm(m, at.up[1], h, relu=True, pad=3)
         out = torch.tanh(self._head(m[at.head], h))

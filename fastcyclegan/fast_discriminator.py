@@ -48,7 +48,7 @@ class FastDiscriminator(Discriminator):
         m = self.model
         first, *normed, head = self.CONVS
         h = x.contiguous(memory_format=convs.activation_format(x, m[first]))
-        h = F.leaky_relu(convs.conv_with_bias(m[first], h), SLOPE)
+        h = F.leaky_relu(convs.conv_with_bias(m[first], h), SLOPE, inplace=True)  # the conv keeps no output
         for conv in normed:  # conv (bias-free), instance norm and LeakyReLU(0.2) fused
             h = norm_after(m, conv, convs.conv_without_bias(m[conv], h), relu=True, negative_slope=SLOPE)
         return convs.conv_with_bias(m[head], h).contiguous()  # NCHW, as the reference returns it

@@ -16,7 +16,9 @@ import os
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import norm_torch
 from .layout import fold_reflect_pad, padded_empty, plane_layout, stats_dtype
@@ -231,11 +233,62 @@ def instance_norm(
     if weight is not None:
         weight, bias = weight.contiguous(), bias.contiguous()  # the kernels index them with stride 1
     args = (x, residual, weight, bias, relu, float(eps), int(pad), conv_bias, float(negative_slope))
-    if _plain_inference(x, residual, weight, bias, conv_bias):
+    tensors = (x, residual, weight, bias, conv_bias)
+    if not _plain(*tensors):  # traced by torch.compile, or tensor subclasses: the registered op
+        return torch.ops.fastcyclegan.instance_norm(*args)[0]
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)):
+        # plain inference: the implementation itself, without the dispatcher's custom-op machinery (about
+        # 70 us a call on a CPU, a third of a small norm's time)
         return _forward_impl(x, residual, weight, bias, relu, float(eps), int(pad), float(negative_slope))[0]
-    if _plain(x, residual, weight, bias, conv_bias):  # eager autograd: the op's formula, without its dispatch
-        return _EagerAutograd.apply(*args)
-    return torch.ops.fastcyclegan.instance_norm(*args)[0]
+    if _aten_differentiable(x, residual, weight, conv_bias):  # eager autograd without the op's dispatch
+        return _aten_composition(*args)
+    return _EagerAutograd.apply(*args)
+
+
+def _aten_differentiable(x: Tensor, residual, weight, conv_bias) -> bool:
+    """Whether eager autograd runs the op as eager PyTorch's own differentiable ATen ops (`_aten_composition`):
+    fp32 NCHW-contiguous planes that no kernel runs (a CPU). There the op's PyTorch implementation makes
+    the same ATen batch norm, activation and pad calls as InstanceNorm2d -> ReLU -> ReflectionPad2d, and its
+    backward takes more passes than ATen's (the activation's mask recomputed, the pad's gradient folded in
+    Python): a CycleGAN iteration ran 1.04-1.12x eager's time (bench/results/TUNING.md)."""
+    same = all(t is None or t.dtype == torch.float32 for t in (residual, weight, conv_bias))
+    planes = x.shape[2] * x.shape[3] > 1  # ATen's instance norm refuses 1x1 planes in training; the op takes them
+    return x.dtype == torch.float32 and same and planes and x.is_contiguous() and not use_triton(x)
+
+
+def _aten_composition(x, residual, weight, bias, relu, eps, pad, conv_bias, negative_slope) -> Tensor:
+    """The op's output by the ATen ops eager PyTorch runs for it, differentiated by ATen's own backwards:
+    instance norm (one (1, N*C, H, W) batch norm, as the op's CPU forward), the activation in place (the batch
+    norm's backward does not read its output), the residual add, the reflection pad. Outputs equal the op's;
+    gradients equal its formula's to fp32 rounding. The conv bias joins the norm's shift multiplied by zero:
+    it adds exactly nothing and gets its exact gradient, zero (DistributedDataParallel needs one)."""
+    if conv_bias is not None:
+        zero = conv_bias * 0.0
+        bias = zero if bias is None else bias + zero
+    y = F.instance_norm(x, weight=weight, bias=bias, eps=eps)
+    if relu and negative_slope:
+        y = F.leaky_relu(y, negative_slope, inplace=True)
+    elif relu:
+        y = F.relu(y, inplace=True)
+    if residual is not None:
+        y = y + residual
+    if not pad:
+        return y
+    padded = F.pad(y, (pad,) * 4, mode="reflect")
+    _UNPADDED[padded] = y
+    return padded
+
+
+# a padded output of `_aten_composition` -> the unpadded tensor it was padded from (weak: dies with it)
+_UNPADDED = WeakIdKeyDictionary()
+
+
+def interior(padded: Tensor, pad: int) -> Tensor:
+    """The unpadded part of the op's output padded by `pad`, to read (a residual, the next layer's input)
+    without a copy: the tensor it was padded from where `_aten_composition` made it (a slice's gradient takes
+    a zero fill and a copy of the whole padded tensor, twice), else the interior view."""
+    unpadded = None if torch.compiler.is_compiling() else _UNPADDED.get(padded)  # traced: the op made it
+    return unpadded if unpadded is not None else padded[:, :, pad:-pad, pad:-pad]
 
 
 class _EagerAutograd(torch.autograd.Function):
@@ -263,11 +316,3 @@ def _plain(*tensors) -> bool:
 
 
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
-
-
-def _plain_inference(*tensors) -> bool:
-    """No gradient wanted, no compiler tracing, only plain tensors: the op's implementation can run without
-    the dispatcher's custom-op machinery (about 70 us a call on a CPU, a third of a small norm's time).
-    torch.compile, autograd and tensor subclasses (fake, functional) always get the registered op."""
-    grad = torch.is_grad_enabled()
-    return _plain(*tensors) and not any(t is not None and grad and t.requires_grad for t in tensors)

@@ -413,6 +413,36 @@ def test_eager_autograd_takes_no_dispatch_and_equals_the_registered_op(monkeypat
         torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("affine, residual, slope", [(False, False, 0.0), (True, True, 0.0), (False, False, 0.2)])
+def test_cpu_fp32_autograd_runs_atens_own_ops_and_equals_the_registered_op(torch_fallback, affine, residual, slope):
+    """fp32 NCHW planes in eager autograd on a CPU run eager PyTorch's differentiable ATen ops: the output
+    equals the registered op's exactly (the same batch norm), every gradient to fp32 rounding, the conv bias's
+    is exactly zero, and `ops.interior` hands back the unpadded tensor itself (its gradient takes no slice)."""
+    x = torch.randn(2, 5, 6, 7)
+    r = torch.randn_like(x) if residual else None
+    w, b = (torch.rand(5) + 0.5, torch.randn(5)) if affine else (None, None)
+    results = []
+    for via_op in (False, True):
+        leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, r, w, b, torch.randn(5))]
+        xg, rg, wg, bg, cg = leaves
+        if via_op:
+            y = torch.ops.fastcyclegan.instance_norm(xg, rg, wg, bg, True, 1e-5, 1, cg, slope)[0]
+            assert not ops.interior(y, 1).is_contiguous()  # a view of the op's padded output
+        else:
+            y = ops.instance_norm(xg, rg, weight=wg, bias=bg, conv_bias=cg, relu=True, negative_slope=slope, pad=1)
+            assert type(y.grad_fn).__name__ == "ReflectionPad2DBackward0"
+            unpadded = ops.interior(y, 1)  # the tensor that was padded, not a strided view
+            assert unpadded.is_contiguous() and torch.equal(unpadded, y[:, :, 1:-1, 1:-1])
+        y.backward(torch.randn_like(y, generator=torch.Generator().manual_seed(1)))
+        assert torch.equal(cg.grad, torch.zeros(5))
+        results.append([y.detach()] + [t.grad for t in leaves if t is not None])
+    assert torch.equal(results[0][0], results[1][0])
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    one_pixel = torch.randn(2, 5, 1, 1, requires_grad=True)  # ATen's instance norm refuses 1x1 planes
+    assert type(ops.instance_norm(one_pixel, relu=True).grad_fn).__name__ == "_EagerAutogradBackward"
+
+
 def test_opcheck_backward_op():
     x = torch.randn(2, 5, 6, 7)
     _, mean, rstd = _forward(x, relu=True)
