@@ -243,18 +243,18 @@ def instance_norm(
         # plain inference: the implementation itself, without the dispatcher's custom-op machinery (about
         # 70 us a call on a CPU, a third of a small norm's time)
         return _forward_impl(x, residual, weight, bias, relu, float(eps), int(pad), float(negative_slope))[0]
-    if _aten_differentiable(x, residual, weight, conv_bias):  # eager autograd without the op's dispatch
+    if _aten_differentiable(x, residual, weight, bias, conv_bias):  # eager autograd without the op's dispatch
         return _aten_composition(*args)
     return _EagerAutograd.apply(*args)
 
 
-def _aten_differentiable(x: Tensor, residual, weight, conv_bias) -> bool:
+def _aten_differentiable(x: Tensor, residual, weight, bias, conv_bias) -> bool:
     """Whether eager autograd runs the op as eager PyTorch's own differentiable ATen ops (`_aten_composition`):
     fp32 NCHW-contiguous planes that no kernel runs (a CPU). There the op's PyTorch implementation makes
     the same ATen batch norm, activation and pad calls as InstanceNorm2d -> ReLU -> ReflectionPad2d, and its
     backward takes more passes than ATen's (the activation's mask recomputed, the pad's gradient folded in
     Python): a CycleGAN iteration ran 1.04-1.12x eager's time (bench/results/TUNING.md)."""
-    same = all(t is None or t.dtype == torch.float32 for t in (residual, weight, conv_bias))
+    same = all(t is None or t.dtype == torch.float32 for t in (residual, weight, bias, conv_bias))
     planes = x.shape[2] * x.shape[3] > 1  # ATen's instance norm refuses 1x1 planes in training; the op takes them
     return x.dtype == torch.float32 and same and planes and x.is_contiguous() and not use_triton(x)
 
