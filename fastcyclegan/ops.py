@@ -21,7 +21,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.weak import WeakIdKeyDictionary
 
 from . import norm_torch
 from .layout import fold_reflect_pad, padded_empty, plane_layout, stats_dtype
@@ -278,19 +277,15 @@ def _aten_composition(x, residual, weight, bias, relu, eps, pad, conv_bias, nega
     if not pad:
         return y
     padded = F.pad(y, (pad,) * 4, mode="reflect")
-    _UNPADDED[padded] = y
+    padded._fcg_unpadded = y  # for `interior`: lives and dies with the padded tensor
     return padded
-
-
-# a padded output of `_aten_composition` -> the unpadded tensor it was padded from (weak: dies with it)
-_UNPADDED = WeakIdKeyDictionary()
 
 
 def interior(padded: Tensor, pad: int) -> Tensor:
     """The unpadded part of the op's output padded by `pad`, to read (a residual, the next layer's input)
     without a copy: the tensor it was padded from where `_aten_composition` made it (a slice's gradient takes
     a zero fill and a copy of the whole padded tensor, twice), else the interior view."""
-    unpadded = None if torch.compiler.is_compiling() else _UNPADDED.get(padded)  # traced: the op made it
+    unpadded = None if torch.compiler.is_compiling() else getattr(padded, "_fcg_unpadded", None)  # traced: the op
     return unpadded if unpadded is not None else padded[:, :, pad:-pad, pad:-pad]
 
 
