@@ -4,7 +4,7 @@
     python bench/ab.py --backends fast,fast:stem8,fast:head8,fast:stem8+head8 --dtype bf16
     python bench/ab.py --backends eager,compiled,fast,fast_compiled,onnxruntime,openvino --size 128 --busy 2
 
-`fast:NAME` is the FastGenerator candidate NAME of bench/fcg_variants.py (stem8, head8, stem8+head8), run
+`fast:NAME` is the FastGenerator candidate NAME of bench/fcg_variants.py (stem8, head8, stem8+head8, aten-norms), run
 eagerly like `fast`: the A/B of a change before it moves into FastGenerator.
 
 Each round calls every backend once, in turn, on the same input (after a warm-up call each, compile

@@ -6,6 +6,8 @@ are deleted. Each variant keeps FastGenerator's outputs and gradients (tests/tes
 - stem8: the 3-channel input and the stem's weight zero-padded to 8 channels (the same sums), a channel count
   that cuDNN's tensor-core kernels take; cuDNN's default for 3 channels is a slow "indexed" kernel.
 - head8: the head's weight and bias zero-padded to 8 output channels; the extra outputs are dropped.
+- aten-norms: the norms of a CPU fp32 forward on the op's PyTorch implementation (ATen ops) instead of its C
+  kernel (fastcyclegan.norm_cpu): the A/B of that kernel.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastcyclegan import convs
+from fastcyclegan import convs, norm_cpu
 from fastcyclegan.fast import FastGenerator, norm_after
 
 CHANNELS = 8
@@ -42,4 +44,15 @@ class Stem8Head8(Stem8, Head8):
     pass
 
 
-VARIANTS: dict[str, type[FastGenerator]] = {"stem8": Stem8, "head8": Head8, "stem8+head8": Stem8Head8}
+class AtenNorms(FastGenerator):
+    def forward(self, x: Tensor) -> Tensor:
+        with norm_cpu.disabled():
+            return super().forward(x)
+
+
+VARIANTS: dict[str, type[FastGenerator]] = {
+    "stem8": Stem8,
+    "head8": Head8,
+    "stem8+head8": Stem8Head8,
+    "aten-norms": AtenNorms,
+}

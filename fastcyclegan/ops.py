@@ -1,10 +1,11 @@
 """`instance_norm(x, residual=None, *, weight, bias, conv_bias, relu, eps, pad)`: fused IN (+ affine) (+ ReLU)
 (+ residual) (+ reflection pad) as a torch custom op, `torch.ops.fastcyclegan.instance_norm`, with a fake
 (meta) implementation and a registered autograd formula, so `torch.compile(fullgraph=True)` keeps it as one
-node. This module holds the op (schema, checks, fake, autograd) and nothing of its maths: two implementations
+node. This module holds the op (schema, checks, fake, autograd) and nothing of its maths: three implementations
 of one contract do the work, the Triton kernels of `fastcyclegan.kernels` (on CUDA, and on the CPU when
-TRITON_INTERPRET=1 was set before Triton compiled them: the interpreter) and `fastcyclegan.norm_torch`
-(otherwise, and for float64 everywhere). `instance_norm` routes each call: traced or subclassed tensors get
+TRITON_INTERPRET=1 was set before Triton compiled them: the interpreter), the C kernel of
+`fastcyclegan.norm_cpu` (fp32 forwards on a CPU) and `fastcyclegan.norm_torch` (otherwise, and for float64
+everywhere). `instance_norm` routes each call: traced or subclassed tensors get
 the registered op; plain inference calls the implementation without the dispatcher; eager autograd runs the
 op's formula as one autograd.Function, or, for fp32 NCHW planes on a CPU, the ATen ops eager PyTorch runs
 for the same maths (`_aten_composition`), whose own backwards take fewer passes there.
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import norm_torch
+from . import norm_cpu
 from .layout import fold_reflect_pad, padded_empty, plane_layout, stats_dtype
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -41,10 +42,10 @@ def use_triton(x: Tensor) -> bool:
 
 
 def _implementation(x: Tensor):
-    """The module whose instance_norm_forward / _backward run x: the kernels or the PyTorch implementation,
-    one contract (see fastcyclegan.norm_torch)."""
+    """The module whose instance_norm_forward / _backward run x: the kernels, or norm_cpu (its C kernel
+    where it runs the call, else the PyTorch implementation): one contract (see fastcyclegan.norm_torch)."""
     if not use_triton(x):
-        return norm_torch
+        return norm_cpu
     from . import kernels  # imports triton: only when the kernels run
 
     return kernels

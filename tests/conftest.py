@@ -48,9 +48,25 @@ def _deterministic():
 
 @pytest.fixture
 def torch_fallback(monkeypatch):
-    """Run fastcyclegan.ops through its PyTorch implementation (what CPU users run) instead of the Triton
-    kernels; modules that test the model rather than the kernels use it for all their tests."""
+    """Run fastcyclegan.ops through its CPU implementation (what CPU users run: the C kernel of norm_cpu where
+    it runs, else norm_torch) instead of the Triton kernels; modules that test the model rather than the
+    kernels use it for all their tests."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+@pytest.fixture
+def cpu_kernel():
+    """The C norm kernel of fastcyclegan.norm_cpu, loaded: skipped (the reason named) only on a machine
+    without a C compiler; where there is one, a kernel that does not build fails the test."""
+    import shutil
+
+    from fastcyclegan import norm_cpu
+
+    if shutil.which(os.environ.get("CC") or "cc") is None:
+        pytest.skip("no C compiler on PATH: fastcyclegan.norm_cpu cannot build its kernel here")
+    lib = norm_cpu.library()
+    assert lib is not None, "the C norm kernel did not build or load (see the RuntimeWarning)"
+    return lib
 
 
 @pytest.fixture

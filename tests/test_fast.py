@@ -240,11 +240,11 @@ def _bench_variants():
     return module.VARIANTS
 
 
-@pytest.mark.parametrize("variant", ["stem8", "head8", "stem8+head8"])
+@pytest.mark.parametrize("variant", ["stem8", "head8", "stem8+head8", "aten-norms"])
 @pytest.mark.parametrize("size", [24, 64], ids=["nchw-path", "packed-path"])  # ngf 8: 2^15 stem outputs at 64
 def test_bench_variants_change_nothing_but_speed(size, variant):
-    """The GPU A/B candidates of bench/fcg_variants.py (zero input channels on the stem, zero output channels
-    on the head) give FastGenerator's outputs and gradients."""
+    """The A/B candidates of bench/fcg_variants.py (zero input channels on the stem, zero output channels on
+    the head, the norms on ATen ops instead of the C kernel) give FastGenerator's outputs and gradients."""
     torch.manual_seed(0)
     ref = Generator(1, ngf=8).eval()
     plain, candidate = FastGenerator.from_module(ref), _bench_variants()[variant].from_module(ref)

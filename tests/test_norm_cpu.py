@@ -1,0 +1,164 @@
+"""fastcyclegan.norm_cpu: the C kernel of the fused norm's CPU forward (fp32, NCHW and channels-last) against
+the float64 reference and the PyTorch implementation of the same contract; its build, cache and fallbacks."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from helpers import reference_instance_norm, to_format
+
+from fastcyclegan import norm_cpu, norm_torch, ops
+from fastcyclegan.layout import padded_empty
+
+pytestmark = pytest.mark.usefixtures("torch_fallback")
+
+
+def _residual(kind, x, pad):
+    """None, a contiguous tensor of x's layout, or the interior view of a padded one (FastGenerator's)."""
+    if kind is None:
+        return None
+    if kind == "interior":
+        big = padded_empty(x, pad + 1).normal_()
+        return big[:, :, pad + 1 : pad + 1 + x.shape[2], pad + 1 : pad + 1 + x.shape[3]]
+    return torch.randn_like(x)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize(
+    "shape, pad",
+    [((2, 5, 6, 7), p) for p in (0, 1, 3)] + [((1, 3, 100, 97), 3), ((2, 4, 1, 1), 0), ((3, 1, 5, 4), 1)],
+)
+@pytest.mark.parametrize("residual", [None, "contiguous", "interior"])
+@pytest.mark.parametrize("act", [False, True, 0.2], ids=["none", "relu", "leaky"])
+def test_the_kernel_matches_the_float64_reference(cpu_kernel, channels_last, shape, pad, residual, act):
+    """Every layout, border width, residual kind and activation; planes larger than one statistics block
+    (100x97 > 8192 values), 1x1 planes, one channel; an affine norm whose mean is far from zero."""
+    c = shape[1]
+    gen = torch.Generator().manual_seed(sum(shape) + pad)
+    x = to_format(torch.randn(shape, generator=gen) * 3 + 40, channels_last)
+    r = _residual(residual, x, pad)
+    weight, bias = torch.rand(c, generator=gen) + 0.5, torch.randn(c, generator=gen)
+    out = padded_empty(x, pad)
+    slope = act if act is not True else 0.0
+    with torch.no_grad():
+        mean, rstd = norm_cpu.instance_norm_forward(
+            x, r, out, weight=weight, bias=bias, relu=bool(act), negative_slope=slope
+        )
+    expected = reference_instance_norm(x, r, relu=act, pad=pad, weight=weight, bias=bias)
+    # fp32 output rounding only (statistics and transform in double): a hundredth of eager's error here
+    torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=1e-6)
+    assert out.is_contiguous(memory_format=torch.channels_last if channels_last and c > 1 else torch.contiguous_format)
+    xd = x.double()
+    torch.testing.assert_close(mean.double(), xd.mean(dim=(2, 3)), atol=0, rtol=1e-7)
+    var = xd.var(dim=(2, 3), unbiased=False)
+    torch.testing.assert_close(rstd.double(), torch.rsqrt(var + 1e-5), atol=0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_the_kernel_equals_the_pytorch_implementation_and_is_more_exact(cpu_kernel, channels_last):
+    """The same contract as norm_torch (outputs to fp32 rounding, the same statistics), and on a near-white
+    plane (|mean| / std = 1000) a smaller error against float64: its statistics and transform run in double."""
+    x = to_format(torch.randn(2, 16, 32, 32, generator=torch.Generator().manual_seed(0)) + 1000, channels_last)
+    r = torch.randn_like(x)
+    outs = []
+    for module in (norm_cpu, norm_torch):
+        out = padded_empty(x, 1)
+        stats = module.instance_norm_forward(x, r, out, relu=True)
+        outs.append((out, *stats))
+    for ours, theirs in zip(*outs):
+        torch.testing.assert_close(ours, theirs, atol=2e-3, rtol=1e-5)
+    expected = reference_instance_norm(x, r, relu=True, pad=1)
+    errors = [(out.double() - expected).square().mean().sqrt().item() for out, _, _ in outs]
+    assert errors[0] < 2e-7 and errors[0] < errors[1] / 4, errors
+
+
+def test_nan_and_constant_planes_as_aten():
+    """A NaN poisons its own plane only; a constant plane with eps 0 gets rstd 0 and zeros, as ATen's."""
+    x = torch.full((1, 2, 4, 4), 3.0)
+    x[0, 1, 0, 0] = float("nan")
+    out = torch.empty_like(x)
+    mean, rstd = norm_cpu.instance_norm_forward(x, None, out, eps=0.0)
+    expected_out = torch.empty_like(x)
+    expected_mean, expected_rstd = norm_torch.instance_norm_forward(x, None, expected_out, eps=0.0)
+    torch.testing.assert_close(out, expected_out, equal_nan=True)
+    torch.testing.assert_close(mean, expected_mean, equal_nan=True)
+    torch.testing.assert_close(rstd, expected_rstd, equal_nan=True)
+    assert torch.equal(out[0, 0], torch.zeros(4, 4)) and out[0, 1].isnan().all()
+
+
+def test_the_op_runs_the_kernel_in_fp32_and_norm_torch_otherwise(cpu_kernel, monkeypatch):
+    """ops.instance_norm on a CPU: fp32 calls reach the C kernel (plain inference, and the registered op under
+    autograd), float64 and bf16 norm_torch; `disabled()` sends fp32 there too."""
+    calls = []
+    real = cpu_kernel.fcg_instance_norm_f32
+    monkeypatch.setattr(cpu_kernel, "fcg_instance_norm_f32", lambda *a: calls.append(a) or real(*a))
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        y = ops.instance_norm(x, relu=True, pad=1)
+    assert len(calls) == 1
+    torch.testing.assert_close(y.double(), reference_instance_norm(x, relu=True, pad=1), atol=2e-6, rtol=1e-6)
+    xg = x.clone().requires_grad_()
+    torch.ops.fastcyclegan.instance_norm(xg, None, None, None, True, 1e-5, 1, None, 0.0)[0].sum().backward()
+    assert len(calls) == 2 and xg.grad is not None
+    with torch.no_grad():
+        ops.instance_norm(x.double(), pad=1)
+        ops.instance_norm(x.bfloat16(), pad=1)
+        with norm_cpu.disabled():
+            ops.instance_norm(x, pad=1)
+    assert len(calls) == 2
+
+
+def _run(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, **env}, capture_output=True, text=True
+    )
+
+
+_USE = """
+    import warnings, torch
+    from fastcyclegan import norm_cpu, ops
+    warnings.simplefilter("always")
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        y = ops.instance_norm(x, relu=True, pad=1)
+    expected = torch.nn.functional.pad(torch.nn.functional.instance_norm(x).relu(), (1,) * 4, mode="reflect")
+    torch.testing.assert_close(y, expected)
+    print("kernel" if norm_cpu.library() is not None else "aten")
+"""
+
+
+def test_without_a_compiler_the_norms_run_on_aten_with_one_warning_naming_why(tmp_path):
+    done = _run(_USE, {"CC": str(tmp_path / "no-such-cc"), "FASTCYCLEGAN_CACHE_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["aten"]
+    assert done.stderr.count("RuntimeWarning") == 1 and "no C compiler" in done.stderr, done.stderr
+
+
+def test_a_compile_error_is_named_and_falls_back(tmp_path):
+    broken = tmp_path / "cc"
+    broken.write_text("#!/bin/sh\necho 'error: this compiler is broken' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    done = _run(_USE, {"CC": str(broken), "FASTCYCLEGAN_CACHE_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["aten"] and "this compiler is broken" in done.stderr, done.stderr
+    assert not list(tmp_path.glob("*.so")), "a failed build left a file in the cache"
+
+
+def test_the_environment_switch_turns_it_off(tmp_path):
+    done = _run(_USE, {"FASTCYCLEGAN_CPU_KERNEL": "0", "FASTCYCLEGAN_CACHE_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["aten"] and "RuntimeWarning" not in done.stderr
+    assert not list(tmp_path.iterdir())  # nothing compiled
+
+
+def test_the_build_is_cached_per_source_and_machine(cpu_kernel, tmp_path):
+    first = norm_cpu.build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert norm_cpu.build(tmp_path) == first and first.stat().st_mtime_ns == stamp  # not compiled again
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
+    done = _run(_USE, {"FASTCYCLEGAN_CACHE_DIR": str(tmp_path)})
+    assert done.returncode == 0 and done.stdout.split() == ["kernel"], done.stderr
+    assert first.stat().st_mtime_ns == stamp
