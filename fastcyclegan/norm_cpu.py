@@ -7,9 +7,12 @@ blocks' statistics, then the transform) and writes the output once, border inclu
 of the runtime torch itself uses. Statistics per plane in double, two passes over cache-sized blocks merged
 by Chan's formula, and the transform in double: more exact than eager's batch norm
 (bench/results/TUNING.md). NCHW and channels-last, fp32; everything else, and machines without a C
-compiler, go to norm_torch. The backward is norm_torch's.
+compiler, go to norm_torch. The backward (the op's own formula: torch.compile's graph, and eager autograd
+where ATen's ops do not run it) in C for NCHW (two passes over each plane, sums in double), norm_torch's for
+channels-last.
 
-The kernel is compiled with the host's C compiler (`$CC`, else `cc`; `-O3 -march=native -fopenmp`) at its
+The kernel is compiled with the host's C compiler (`$CC`, else `cc`; `-O3 -march=native -fno-trapping-math
+-fopenmp`: without trapping maths gcc turns the activation's selects into vector blends) at its
 first call and cached per source, compiler and CPU in `$FASTCYCLEGAN_CACHE_DIR` (default
 `$XDG_CACHE_HOME/fastcyclegan`, else `~/.cache/fastcyclegan`): about a second, once. `FASTCYCLEGAN_CPU_KERNEL=0`
 turns it off (norm_torch everywhere); `disabled()` does so for a block of code.
@@ -35,10 +38,8 @@ from torch import Tensor
 
 from . import norm_torch
 
-instance_norm_backward = norm_torch.instance_norm_backward
-
 SOURCE = Path(__file__).with_name("csrc") / "instance_norm_cpu.c"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+FLAGS = ("-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 _ACTIVATION = {False: 0, "relu": 1, "leaky": 2}
 _local = threading.local()
 
@@ -116,6 +117,8 @@ def library() -> ctypes.CDLL | None:
     lib.fcg_instance_norm_f32.restype = ctypes.c_int
     lib.fcg_instance_norm_f32.argtypes = [p, p, p, p, p, p, p, p] + [i] * 5 + [ctypes.c_int] * 2
     lib.fcg_instance_norm_f32.argtypes += [ctypes.c_float, ctypes.c_double, ctypes.c_int]
+    lib.fcg_instance_norm_backward_f32.restype = None
+    lib.fcg_instance_norm_backward_f32.argtypes = [p] * 9 + [i] * 4 + [ctypes.c_int, ctypes.c_float, ctypes.c_int]
     return lib
 
 
@@ -197,3 +200,41 @@ def instance_norm_forward(
     if failed:
         raise MemoryError(f"the CPU norm kernel could not allocate its partial statistics for x of shape {x.shape}")
     return mean, rstd
+
+
+def instance_norm_backward(
+    dy: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    *,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    relu: bool = False,
+    negative_slope: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """As norm_torch.instance_norm_backward: (dx, sum of g, sum of g * xhat) per plane from the gradient dy of
+    the unpadded output (x's strides). The kernel runs NCHW; channels-last stays on norm_torch."""
+    nchw = not getattr(_local, "off", False) and _layout(x, None, x) == 0
+    same = dy.dtype == torch.float32 and dy.stride() == x.stride() and mean.dtype == rstd.dtype == torch.float32
+    lib = library() if nchw and same else None
+    if lib is None:
+        return norm_torch.instance_norm_backward(
+            dy, x, mean, rstd, weight=weight, bias=bias, relu=relu, negative_slope=negative_slope
+        )
+    n, c, h, w = x.shape
+    dx = torch.empty_like(x)
+    sum_g, sum_gx = torch.empty((n, c), dtype=torch.float32), torch.empty((n, c), dtype=torch.float32)
+    weight, bias = _f32(weight), _f32(bias)
+    mean, rstd = mean.contiguous(), rstd.contiguous()
+    lib.fcg_instance_norm_backward_f32(
+        *(None if t is None else t.data_ptr() for t in (dy, x, mean, rstd, weight, bias, dx, sum_g, sum_gx)),
+        n,
+        c,
+        h,
+        w,
+        _ACTIVATION[relu and ("leaky" if negative_slope else "relu")],
+        negative_slope,
+        torch.get_num_threads(),
+    )
+    return dx, sum_g, sum_gx

@@ -75,6 +75,28 @@ def test_the_kernel_equals_the_pytorch_implementation_and_is_more_exact(cpu_kern
     assert errors[0] < 2e-7 and errors[0] < errors[1] / 4, errors
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 6, 7), (1, 3, 100, 97), (2, 4, 1, 1), (3, 1, 5, 4)])
+@pytest.mark.parametrize("act", [False, True, 0.2], ids=["none", "relu", "leaky"])
+@pytest.mark.parametrize("affine", [False, True])
+def test_the_backward_matches_the_float64_formula(cpu_kernel, shape, act, affine):
+    """NCHW backward: dx and the per-plane sums of g and g * xhat against the same formula in float64."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    x, dy = torch.randn(shape, generator=gen) * 3 + 40, torch.randn(shape, generator=gen)
+    c = shape[1]
+    weight, bias = (torch.rand(c, generator=gen) + 0.5, torch.randn(c, generator=gen)) if affine else (None, None)
+    kw = dict(weight=weight, bias=bias, relu=bool(act), negative_slope=act if act is not True else 0.0)
+    mean, rstd = norm_cpu.instance_norm_forward(x, None, torch.empty_like(x), **kw)
+    ours = norm_cpu.instance_norm_backward(dy, x, mean, rstd, **kw)
+    xd, wd, bd = x.double(), *(None if t is None else t.double() for t in (weight, bias))
+    mean_d, rstd_d = norm_torch.instance_norm_forward(
+        xd, None, torch.empty_like(xd), **{**kw, "weight": wd, "bias": bd}
+    )
+    expected = norm_torch.instance_norm_backward(dy.double(), xd, mean_d, rstd_d, **{**kw, "weight": wd, "bias": bd})
+    for what, a, b in zip(("dx", "sum_g", "sum_gx"), ours, expected):
+        assert a.dtype == torch.float32 and a.shape == b.shape, what
+        torch.testing.assert_close(a.double(), b, atol=2e-5 * b.abs().max().item() + 1e-6, rtol=1e-5, msg=what)
+
+
 def test_nan_and_constant_planes_as_aten():
     """A NaN poisons its own plane only; a constant plane with eps 0 gets rstd 0 and zeros, as ATen's."""
     x = torch.full((1, 2, 4, 4), 3.0)
@@ -91,7 +113,7 @@ def test_nan_and_constant_planes_as_aten():
 
 def test_the_op_runs_the_kernel_in_fp32_and_norm_torch_otherwise(cpu_kernel, monkeypatch):
     """ops.instance_norm on a CPU: fp32 calls reach the C kernel (plain inference, and the registered op under
-    autograd), float64 and bf16 norm_torch; `disabled()` sends fp32 there too."""
+    autograd: forward and backward), float64 and bf16 norm_torch; `disabled()` sends fp32 there too."""
     calls = []
     real = cpu_kernel.fcg_instance_norm_f32
     monkeypatch.setattr(cpu_kernel, "fcg_instance_norm_f32", lambda *a: calls.append(a) or real(*a))
@@ -100,9 +122,14 @@ def test_the_op_runs_the_kernel_in_fp32_and_norm_torch_otherwise(cpu_kernel, mon
         y = ops.instance_norm(x, relu=True, pad=1)
     assert len(calls) == 1
     torch.testing.assert_close(y.double(), reference_instance_norm(x, relu=True, pad=1), atol=2e-6, rtol=1e-6)
+    backwards = []
+    real_backward = cpu_kernel.fcg_instance_norm_backward_f32
+    monkeypatch.setattr(
+        cpu_kernel, "fcg_instance_norm_backward_f32", lambda *a: backwards.append(a) or real_backward(*a)
+    )
     xg = x.clone().requires_grad_()
     torch.ops.fastcyclegan.instance_norm(xg, None, None, None, True, 1e-5, 1, None, 0.0)[0].sum().backward()
-    assert len(calls) == 2 and xg.grad is not None
+    assert len(calls) == 2 and len(backwards) == 1 and xg.grad is not None
     with torch.no_grad():
         ops.instance_norm(x.double(), pad=1)
         ops.instance_norm(x.bfloat16(), pad=1)

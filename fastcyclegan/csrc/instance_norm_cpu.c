@@ -279,3 +279,86 @@ int fcg_instance_norm_f32(const float *x, float *out, const float *residual, con
     forward_nchw(x, out, residual, res_stride, weight, bias, mean_out, rstd_out, n, c, h, w, pad, act, slope, eps, n_threads);
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Backward. From dz, the gradient of act(IN(x) * weight + bias) (+ residual) before the padding (its fold is
+ * the caller's), x and the forward's saved (n, c) mean and rstd:
+ *   g  = dz where z = xhat * weight + bias > 0, else dz * slope (0 for ReLU; g = dz without activation)
+ *   dx = rstd * weight * (g - mean(g) - xhat * mean(g * xhat)),  sum_g = sum(g),  sum_gx = sum(g * xhat)
+ * per plane, as fastcyclegan/norm_torch.py's instance_norm_backward. Pass 1 writes g into dx and sums in
+ * double; pass 2 turns it into dx in place (the plane still in cache). dz, x, dx NCHW-contiguous.
+ */
+
+/* Per (image, channel): a = rstd * weight and b of the activation's input z = x * a + b. */
+static void backward_coefficients(const float *mean, const float *rstd, const float *weight, const float *bias,
+                                  int64_t q, int64_t ch, double *coef) {
+    double m = mean[q], rs = rstd[q], wt = weight ? weight[ch] : 1.0;
+    coef[0] = rs * wt;
+    coef[1] = (bias ? bias[ch] : 0.0) - m * coef[0];
+}
+
+/* g through the activation whose input was z (a select, no branch: signs are random, branches mispredict). */
+static inline __attribute__((always_inline)) double masked(double g, double z, int act, double slope) {
+    if (act == ACT_NONE) return g;
+    return z > 0 ? g : (act == ACT_RELU ? 0.0 : g * slope);
+}
+
+/* One NCHW plane; `act` a constant where it is called, so each activation gets its own vectorised loops. */
+static inline __attribute__((always_inline)) void backward_plane(const float *xp, const float *gp, float *dp,
+                                                                 const double *coef, double m, double rs,
+                                                                 int64_t hw, int act, float slope, float *sum_g,
+                                                                 float *sum_gx) {
+    double acc_g[LANES] = {0}, acc_gx[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= hw; i += LANES)
+        for (int j = 0; j < LANES; j++) {
+            /* g rounded to fp32 once: pass 2 reads it back, and the sums are of exactly those values */
+            float g = (float)masked(gp[i + j], xp[i + j] * coef[0] + coef[1], act, slope);
+            dp[i + j] = g;
+            acc_g[j] += g;
+            acc_gx[j] += g * ((xp[i + j] - m) * rs);
+        }
+    double sg = 0, sgx = 0;
+    for (int j = 0; j < LANES; j++) {
+        sg += acc_g[j];
+        sgx += acc_gx[j];
+    }
+    for (; i < hw; i++) {
+        float g = (float)masked(gp[i], xp[i] * coef[0] + coef[1], act, slope);
+        dp[i] = g;
+        sg += g;
+        sgx += g * ((xp[i] - m) * rs);
+    }
+    *sum_g = (float)sg;
+    *sum_gx = (float)sgx;
+    const double mg = sg / (double)hw, mgx = sgx / (double)hw; /* coef[0] = rstd * weight */
+    for (i = 0; i < hw; i++) dp[i] = (float)(coef[0] * (dp[i] - mg - (xp[i] - m) * rs * mgx));
+}
+
+static void backward_nchw(const float *dz, const float *x, const float *mean, const float *rstd,
+                          const float *weight, const float *bias, float *dx, float *sum_g, float *sum_gx,
+                          int64_t n, int64_t c, int64_t hw, int act, float slope, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t p = 0; p < n * c; p++) {
+        double coef[2];
+        backward_coefficients(mean, rstd, weight, bias, p, p % c, coef);
+        const float *xp = x + p * hw, *gp = dz + p * hw;
+        float *dp = dx + p * hw;
+        if (act == ACT_RELU)
+            backward_plane(xp, gp, dp, coef, mean[p], rstd[p], hw, ACT_RELU, slope, &sum_g[p], &sum_gx[p]);
+        else if (act == ACT_LEAKY)
+            backward_plane(xp, gp, dp, coef, mean[p], rstd[p], hw, ACT_LEAKY, slope, &sum_g[p], &sum_gx[p]);
+        else
+            backward_plane(xp, gp, dp, coef, mean[p], rstd[p], hw, ACT_NONE, slope, &sum_g[p], &sum_gx[p]);
+    }
+}
+
+/* NCHW-contiguous dz, x and dx (channels-last backwards stay on ATen: a vectorised select across channels
+ * was slower there than ATen's own passes). */
+void fcg_instance_norm_backward_f32(const float *dz, const float *x, const float *mean, const float *rstd,
+                                    const float *weight, const float *bias, float *dx, float *sum_g, float *sum_gx,
+                                    int64_t n, int64_t c, int64_t h, int64_t w, int act, float slope,
+                                    int n_threads) {
+    backward_nchw(dz, x, mean, rstd, weight, bias, dx, sum_g, sum_gx, n, c, h * w, act, slope,
+                  n_threads < 1 ? 1 : n_threads);
+}
