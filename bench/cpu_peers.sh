@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CPU against what users deploy with: interleaved A/B (bench/ab.py) of eager, torch.compile, FastGenerator
-# (plain and compiled), ONNX Runtime and OpenVINO, fp32, PyTorch's thread count, at the three cases of the
+# (plain, with its norms on ATen instead of the C kernel, and compiled), ONNX Runtime and OpenVINO, fp32,
+# PyTorch's thread count, at the three cases of the
 # deployment issue; then the same at 128x128 beside 2 busy PyTorch processes (a shared CPU).
 #
 #   bash bench/cpu_peers.sh OUT_DIR      (about 12 minutes on a 2-core CPU; needs the onnx and openvino extras)
@@ -11,7 +12,7 @@ out=${1:?usage: bash bench/cpu_peers.sh OUT_DIR}
 mkdir -p "$out"
 cd "$(dirname "$0")"
 py=${PYTHON:-python}
-backends=eager,compiled,fast,fast_compiled,onnxruntime,openvino
+backends=eager,compiled,fast,fast:aten-norms,fast_compiled,onnxruntime,openvino
 run() {
     local name=$1
     shift

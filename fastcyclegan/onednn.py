@@ -45,36 +45,77 @@ def usable(h: Tensor, conv: nn.Module) -> bool:
     return not (grad and (h.requires_grad or weight.requires_grad))
 
 
-# weight Parameter -> (data_ptr, version, packed weight); weak, so dropping a model frees its packed copies
+# weight Parameter -> (data_ptr, version, packed weight); weak, so dropping a model frees its packed copies;
+# one dictionary per way of packing (plain, 2x2-blocked)
 _PACKED = WeakIdKeyDictionary()
+_PACKED_BLOCKED = WeakIdKeyDictionary()
 
 
-def _packed_weight(conv: nn.Conv2d, h: Tensor) -> Tensor:
+def _reordered(weight: Tensor, padding, stride, dilation, h: Tensor) -> Tensor:
+    # the input size is a hint for oneDNN's choice of weight layout; other sizes run correctly with it
+    return torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), padding, stride, dilation, 1, list(h.shape))
+
+
+def _cached(cache: WeakIdKeyDictionary, conv: nn.Conv2d, make) -> Tensor:
+    """make() once per version of conv's weight (an in-place update, `load_state_dict`, `.to()` re-make it)."""
     weight = conv.weight
     key = (weight.data_ptr(), weight._version)
-    hit = _PACKED.get(weight)
+    hit = cache.get(weight)
     if hit is not None and hit[0] == key:
         return hit[1]
     with torch.no_grad():
-        # the input size is a hint for oneDNN's choice of weight layout; other sizes run correctly with it
-        packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-            weight.detach().to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation), 1, list(h.shape)
-        )
-    _PACKED[weight] = (key, packed)
-    return packed
+        made = make(weight.detach())
+    cache[weight] = (key, made)
+    return made
+
+
+def _packed_weight(conv: nn.Conv2d, h: Tensor) -> Tensor:
+    return _cached(_PACKED, conv, lambda w: _reordered(w, *_geometry(conv), h))
+
+
+def _geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int]]:
+    return list(conv.padding), list(conv.stride), list(conv.dilation)
+
+
+def _pointwise(h: Tensor, packed: Tensor, bias, padding, stride, dilation) -> Tensor:
+    return torch.ops.mkldnn._convolution_pointwise(h, packed, bias, padding, stride, dilation, 1, "none", [], "")
+
+
+def blocked_2x2_fits(conv: nn.Conv2d, h: Tensor) -> bool:
+    """Whether `conv2d_blocked_2x2` runs conv(h): a stride-1, unpadded, undilated square conv with at most 4
+    output channels (the head's 3) whose output has even height and width, where `usable(h, conv)`."""
+    k = conv.kernel_size
+    if conv.out_channels > 4 or k[0] != k[1] or conv.stride != (1, 1) or conv.dilation != (1, 1):
+        return False
+    if conv.padding != (0, 0):
+        return False
+    rows, cols = h.shape[2] - k[0] + 1, h.shape[3] - k[1] + 1
+    return rows > 0 and cols > 0 and rows % 2 == 0 and cols % 2 == 0
+
+
+def _blocked_weight(weight: Tensor) -> Tensor:
+    """(O, C, k, k) -> (4 O, C, k + 1, k + 1): output channel 4 o + 2 di + dj holds o's taps shifted by (di, dj),
+    zeros elsewhere: one stride-2 conv with it computes the 2x2 block of outputs (2 i + di, 2 j + dj)."""
+    o, c, k, _ = weight.shape
+    blocked = weight.new_zeros(o, 2, 2, c, k + 1, k + 1)
+    for di in (0, 1):
+        for dj in (0, 1):
+            blocked[:, di, dj, :, di : di + k, dj : dj + k] = weight
+    return blocked.reshape(4 * o, c, k + 1, k + 1)
+
+
+def conv2d_blocked_2x2(conv: nn.Conv2d, h: Tensor, bias: Tensor | None) -> Tensor:
+    """conv(h) with `bias` (None: without) for a conv with few output channels (`blocked_2x2_fits`), computed
+    as one stride-2 conv with a (k + 1)^2 kernel whose 4 O output channels are each output's 2x2 pixel
+    blocks, then a pixel shuffle. oneDNN's fp32 kernels compute 16 output channels per vector whatever the
+    count, so the 3-channel head ran at 3/16 of their width: the 7x7 head on 1x64x134x134 took 7.6 ms, this
+    2.7 ms with the same error against float64 (bench/results/TUNING.md). The same sums, zeros added."""
+    geometry = [0, 0], [2, 2], [1, 1]
+    packed = _cached(_PACKED_BLOCKED, conv, lambda w: _reordered(_blocked_weight(w), *geometry, h))
+    bias = None if bias is None else bias.repeat_interleave(4)
+    return torch.nn.functional.pixel_shuffle(_pointwise(h, packed, bias, *geometry), 2)
 
 
 def conv2d(conv: nn.Conv2d, h: Tensor, bias: Tensor | None) -> Tensor:
     """conv(h) with `bias` (None: without), in h's memory format; call only where `usable(h, conv)`."""
-    return torch.ops.mkldnn._convolution_pointwise(
-        h,
-        _packed_weight(conv, h),
-        bias,
-        list(conv.padding),
-        list(conv.stride),
-        list(conv.dilation),
-        1,
-        "none",
-        [],
-        "",
-    )
+    return _pointwise(h, _packed_weight(conv, h), bias, *_geometry(conv))

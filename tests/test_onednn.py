@@ -30,6 +30,38 @@ def test_packed_conv_equals_conv2d_at_every_size_and_layout(conv):
             )
 
 
+@pytest.mark.parametrize("out_channels, k", [(3, 7), (1, 3), (4, 5)])
+def test_blocked_2x2_conv_equals_the_conv(out_channels, k):
+    """A conv with few output channels as one stride-2 conv over 2x2 output blocks and a pixel shuffle: the
+    conv's values (float64 reference, the plain packed conv's error), with and without bias, at output
+    sizes 2 and 20; its weight re-blocked when it changes."""
+    torch.manual_seed(k)
+    conv = nn.Conv2d(16, out_channels, k)
+    with torch.no_grad():
+        for size in (k + 1, k + 19):
+            x = torch.randn(2, 16, size, size + 2).contiguous(memory_format=torch.channels_last)
+            assert onednn.usable(x, conv) and onednn.blocked_2x2_fits(conv, x)
+            for bias in (conv.bias, None):
+                y = onednn.conv2d_blocked_2x2(conv, x, bias)
+                expected = F.conv2d(x.double(), conv.weight.double(), None if bias is None else bias.double())
+                assert y.shape == expected.shape and y.dtype == torch.float32
+                plain = onednn.conv2d(conv, x, bias).double().sub(expected).abs().max()
+                assert y.double().sub(expected).abs().max() <= 2 * plain + 1e-6
+        first = onednn.conv2d_blocked_2x2(conv, x, None)
+        conv.weight.mul_(2)
+        torch.testing.assert_close(onednn.conv2d_blocked_2x2(conv, x, None), 2 * first)
+
+
+def test_blocked_2x2_fits_only_small_unpadded_stride_1_convs_with_even_outputs():
+    x = torch.randn(1, 16, 14, 14)
+    assert onednn.blocked_2x2_fits(nn.Conv2d(16, 3, 7), x)  # 8x8 outputs
+    assert not onednn.blocked_2x2_fits(nn.Conv2d(16, 3, 7), x[:, :, :13])  # 7 output rows
+    assert not onednn.blocked_2x2_fits(nn.Conv2d(16, 5, 7), x)  # 20 channels: more than one vector's 16
+    assert not onednn.blocked_2x2_fits(nn.Conv2d(16, 3, 7, padding=1), x)
+    assert not onednn.blocked_2x2_fits(nn.Conv2d(16, 3, 7, stride=2), x)
+    assert not onednn.blocked_2x2_fits(nn.Conv2d(16, 3, 7, dilation=2), torch.randn(1, 16, 20, 20))
+
+
 def test_changed_weights_are_packed_again():
     conv = nn.Conv2d(4, 4, 3)
     x = torch.randn(1, 4, 8, 8)
@@ -69,10 +101,18 @@ def test_fast_generator_inference_runs_on_packed_weights(monkeypatch, torch_fall
         "conv2d",
         lambda conv, h, bias: calls.append(h.is_contiguous(memory_format=torch.channels_last)) or packed(conv, h, bias),
     )
+    blocked = []
+    head = onednn.conv2d_blocked_2x2
+    monkeypatch.setattr(onednn, "conv2d_blocked_2x2", lambda conv, h, bias: blocked.append(conv) or head(conv, h, bias))
     x = torch.rand(2, 3, 64, 64) * 2 - 1  # ngf * H * W = 2^15 stem outputs an image: wide enough to pay
     with torch.no_grad():
         torch.testing.assert_close(fast(x), reference(x), atol=1e-5, rtol=0)
-        assert len(calls) == 6 and all(calls)  # stem, 2 downs, 2 block convs, head: channels-last activations
+        assert len(calls) == 5 and all(calls)  # stem, 2 downs, 2 block convs: channels-last activations
+        assert blocked == [fast.model[fast.layout.head]]  # the 3-channel head as 2x2 output blocks
+        calls.clear()
+        odd = torch.rand(1, 3, 67, 65) * 2 - 1  # the transposed convs double: the head's outputs stay even
+        torch.testing.assert_close(fast(odd), reference(odd), atol=1e-5, rtol=0)
+        assert len(calls) == 5 and len(blocked) == 2
         calls.clear()
         torch.testing.assert_close(fast(x[:, :, :32, :32]), reference(x[:, :, :32, :32]), atol=1e-5, rtol=0)
         assert calls == []  # a quarter of that: the fixed cost per layer would outweigh the gain
