@@ -301,7 +301,7 @@ int fcg_instance_norm_f32(const float *x, float *out, const float *residual, con
 /* ---------------------------------------------------------------------------------------------------------
  * Backward. From dz, the gradient of act(IN(x) * weight + bias) (+ residual) before the padding (its fold is
  * the caller's), x and the forward's saved (n, c) mean and rstd:
- *   g  = dz where z = xhat * weight + bias > 0, else dz * slope (0 for ReLU; g = dz without activation)
+ *   g  = dz where z = xhat * weight + bias > 0, else dz * slope (0 for ReLU)
  *   dx = rstd * weight * (g - mean(g) - xhat * mean(g * xhat)),  sum_g = sum(g),  sum_gx = sum(g * xhat)
  * per plane, as fastcyclegan/norm_torch.py's instance_norm_backward. Pass 1 writes g into dx and sums in
  * double; pass 2 turns it into dx in place (the plane still in cache). dz, x, dx NCHW-contiguous.
@@ -317,7 +317,6 @@ static void backward_coefficients(const float *mean, const float *rstd, const fl
 
 /* g through the activation whose input was z (a select, no branch: signs are random, branches mispredict). */
 static inline __attribute__((always_inline)) double masked(double g, double z, int act, double slope) {
-    if (act == ACT_NONE) return g;
     return z > 0 ? g : (act == ACT_RELU ? 0.0 : g * slope);
 }
 
@@ -364,15 +363,13 @@ static void backward_nchw(const float *dz, const float *x, const float *mean, co
         float *dp = dx + p * hw;
         if (act == ACT_RELU)
             backward_plane(xp, gp, dp, coef, mean[p], rstd[p], hw, ACT_RELU, slope, &sum_g[p], &sum_gx[p]);
-        else if (act == ACT_LEAKY)
-            backward_plane(xp, gp, dp, coef, mean[p], rstd[p], hw, ACT_LEAKY, slope, &sum_g[p], &sum_gx[p]);
         else
-            backward_plane(xp, gp, dp, coef, mean[p], rstd[p], hw, ACT_NONE, slope, &sum_g[p], &sum_gx[p]);
+            backward_plane(xp, gp, dp, coef, mean[p], rstd[p], hw, ACT_LEAKY, slope, &sum_g[p], &sum_gx[p]);
     }
 }
 
-/* NCHW-contiguous dz, x and dx (channels-last backwards stay on ATen: a vectorised select across channels
- * was slower there than ATen's own passes). */
+/* NCHW-contiguous dz, x and dx; act ACT_RELU or ACT_LEAKY (fastcyclegan/norm_cpu.py calls it with an
+ * activation only: without one, and for channels-last, ATen's own passes were faster). */
 void fcg_instance_norm_backward_f32(const float *dz, const float *x, const float *mean, const float *rstd,
                                     const float *weight, const float *bias, float *dx, float *sum_g, float *sum_gx,
                                     int64_t n, int64_t c, int64_t h, int64_t w, int act, float slope,
