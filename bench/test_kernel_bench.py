@@ -73,7 +73,7 @@ def test_instance_norm_relu(benchmark, kernel_case, fcg, device_info):
     benchmark.pedantic(run, rounds=max(fcg["rounds"], 1), iterations=1, warmup_rounds=2)
     seconds, timing = _kernel_seconds(fn, x, device)
     moved = 2 * x.numel() * x.element_size()
-    impl = ("triton" if ops.use_triton(x) else "pytorch fallback") if name == "fused" else "aten"
+    impl = ops.implementation_name(x) if name == "fused" else "aten"
     info = {
         "suite": KERNEL_SUITE,
         "variant": name,

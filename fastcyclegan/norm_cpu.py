@@ -122,6 +122,13 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def runs(x: Tensor) -> bool:
+    """Whether the kernel runs the forward of a norm on x (and its output in x's layout): fp32 on a CPU,
+    NCHW- or channels-last-contiguous, the kernel loaded and not disabled."""
+    off = getattr(_local, "off", False)
+    return not off and _layout(x, None, torch.empty_like(x)) is not None and library() is not None
+
+
 @contextlib.contextmanager
 def disabled():
     """Runs the block's CPU norms (this thread's) on norm_torch: the A/B of the kernel, and tests."""

@@ -51,6 +51,13 @@ def _implementation(x: Tensor):
     return kernels
 
 
+def implementation_name(x: Tensor) -> str:
+    """What runs the op's forward on x, for reports: "triton", "c kernel" (norm_cpu) or "pytorch"."""
+    if use_triton(x):
+        return "triton"
+    return "c kernel" if norm_cpu.runs(x) else "pytorch"
+
+
 def _same_layout(t: Tensor, like: Tensor) -> Tensor:
     """t with exactly like's strides (the backward kernels address both through one set)."""
     return t if t.stride() == like.stride() else torch.empty_like(like).copy_(t)
