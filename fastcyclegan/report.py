@@ -313,8 +313,8 @@ def to_markdown(gen: pd.DataFrame, kernel: pd.DataFrame | None = None) -> str:
             ]
             rows.append([labels[machine, device], shape, dtype] + cells)
         fused = kernel[kernel.variant == "fused"]
-        how = (
-            ", ".join(f"{d}: {i}" for d, i in fused.groupby("device")["impl"].first().items())
+        how = (  # per device and dtype: a CPU runs fp32 in the C kernel and bf16 on ATen
+            ", ".join(f"{d} {t}: {i}" for (d, t), i in fused.groupby(["device", "dtype"])["impl"].first().items())
             if "impl" in fused
             else ""
         )

@@ -86,6 +86,7 @@ def test_csv_from_the_suite_has_the_promised_columns(suite_json, tmp_path):
     assert md.read_text() == text
     assert "| device | mode | size | batch | dtype | norm | eager | eager_cl | fast |" in text
     assert "IN+ReLU GB/s" in text and (tmp_path / "out.kernels.csv").exists()
+    assert "`fused` ran as CPU AMD EPYC bf16: pytorch fallback:" in text  # per device and dtype
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
