@@ -1,15 +1,15 @@
-"""The fused instance norm on a CPU in fp32 by a small C kernel (csrc/instance_norm_cpu.c): the contract of
-`fastcyclegan.norm_torch` (the same functions, arguments and outputs), the forward in one call.
+"""The fused instance norm on a CPU in fp32 and bf16 by a small C kernel (csrc/instance_norm_cpu.c): the
+contract of `fastcyclegan.norm_torch` (the same functions, arguments and outputs), the forward in one call.
 
 ATen has no fused instance norm, so the PyTorch implementation takes six-odd passes a site (sum, centre,
 square, sum, transform, activation, residual, border) and ~100 us of Python; the C kernel reads x twice (its
 blocks' statistics, then the transform) and writes the output once, border included, in one OpenMP region
 of the runtime torch itself uses. Statistics per plane in double, two passes over cache-sized blocks merged
 by Chan's formula, and the transform in double: more exact than eager's batch norm
-(bench/results/TUNING.md). NCHW and channels-last, fp32; everything else, and machines without a C
-compiler, go to norm_torch. The backward (the op's own formula: torch.compile's graph, and eager autograd
-where ATen's ops do not run it) in C for NCHW (two passes over each plane, sums in double), norm_torch's for
-channels-last.
+(bench/results/TUNING.md). NCHW and channels-last, fp32 and bf16 (read and written as bf16, no fp32 copy);
+everything else, and machines without a C compiler, go to norm_torch. The backward (the op's own formula:
+torch.compile's graph, and eager autograd where ATen's ops do not run it) in C for fp32 NCHW with an
+activation (two passes over each plane, sums in double), norm_torch's otherwise.
 
 The kernel is compiled with the host's C compiler (`$CC`, else `cc`; `-O3 -march=native -fno-trapping-math
 -fopenmp`: without trapping maths gcc turns the activation's selects into vector blends) at its
@@ -114,17 +114,17 @@ def library() -> ctypes.CDLL | None:
         warnings.warn(f"fastcyclegan: CPU norms run on the slower ATen path: {err}", RuntimeWarning, stacklevel=2)
         return None
     p, i = ctypes.c_void_p, ctypes.c_int64
-    lib.fcg_instance_norm_f32.restype = ctypes.c_int
-    lib.fcg_instance_norm_f32.argtypes = [p, p, p, p, p, p, p, p] + [i] * 5 + [ctypes.c_int] * 2
-    lib.fcg_instance_norm_f32.argtypes += [ctypes.c_float, ctypes.c_double, ctypes.c_int]
+    lib.fcg_instance_norm_forward.restype = ctypes.c_int
+    lib.fcg_instance_norm_forward.argtypes = [p] * 8 + [i] * 5 + [ctypes.c_int] * 2
+    lib.fcg_instance_norm_forward.argtypes += [ctypes.c_float, ctypes.c_double, ctypes.c_int, ctypes.c_int]
     lib.fcg_instance_norm_backward_f32.restype = None
     lib.fcg_instance_norm_backward_f32.argtypes = [p] * 9 + [i] * 4 + [ctypes.c_int, ctypes.c_float, ctypes.c_int]
     return lib
 
 
 def runs(x: Tensor) -> bool:
-    """Whether the kernel runs the forward of a norm on x (and its output in x's layout): fp32 on a CPU,
-    NCHW- or channels-last-contiguous, the kernel loaded and not disabled."""
+    """Whether the kernel runs the forward of a norm on x (and its output in x's layout): fp32 or bf16 on a
+    CPU, NCHW- or channels-last-contiguous, the kernel loaded and not disabled."""
     off = getattr(_local, "off", False)
     return not off and _layout(x, None, torch.empty_like(x)) is not None and library() is not None
 
@@ -140,12 +140,15 @@ def disabled():
         _local.off = before
 
 
+_STORAGE = (torch.float32, torch.bfloat16)
+
+
 def _layout(x: Tensor, residual: Tensor | None, out: Tensor) -> int | None:
     """1 channels-last, 0 NCHW: the layout the kernel runs this call in; None where it cannot (not a CPU,
-    not fp32, other strides, an empty tensor)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or out.dtype != torch.float32 or x.numel() == 0:
+    not fp32 or bf16 throughout, other strides, an empty tensor)."""
+    if x.device.type != "cpu" or x.dtype not in _STORAGE or out.dtype != x.dtype or x.numel() == 0:
         return None
-    if residual is not None and residual.dtype != torch.float32:
+    if residual is not None and residual.dtype != x.dtype:
         return None
     if x.is_contiguous() and out.is_contiguous() and (residual is None or residual.stride(3) == 1):
         return 0
@@ -171,7 +174,8 @@ def instance_norm_forward(
     negative_slope: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """As norm_torch.instance_norm_forward: writes act(IN(x) * weight + bias) (+ residual) into `out`,
-    reflection-padded by (out's H - x's H) / 2, and returns the (N, C) fp32 mean and rstd."""
+    reflection-padded by (out's H - x's H) / 2, and returns the (N, C) fp32 mean and rstd. fp32 or bf16
+    storage (bf16 read and written as such, the maths in fp32 and double, rounded to bf16 once)."""
     layout = None if getattr(_local, "off", False) else _layout(x, residual, out)
     lib = None if layout is None else library()
     if lib is None:
@@ -184,7 +188,7 @@ def instance_norm_forward(
     weight, bias = _f32(weight), _f32(bias)
     strides = (ctypes.c_int64 * 4)(*(residual.stride() if residual is not None else (0, 0, 0, 0)))
     activation = _ACTIVATION[relu and ("leaky" if negative_slope else "relu")]
-    failed = lib.fcg_instance_norm_f32(
+    failed = lib.fcg_instance_norm_forward(
         x.data_ptr(),
         out.data_ptr(),
         None if residual is None else residual.data_ptr(),
@@ -202,6 +206,7 @@ def instance_norm_forward(
         activation,
         negative_slope,
         eps,
+        x.dtype == torch.bfloat16,
         torch.get_num_threads(),
     )
     if failed:
@@ -225,7 +230,7 @@ def instance_norm_backward(
     against ATen's 0.72-0.86 ms); without one ATen's batch-norm backward is faster (0.27 against 0.60 ms),
     and channels-last stays on norm_torch too (bench/results/TUNING.md)."""
     nchw = relu and not getattr(_local, "off", False) and _layout(x, None, x) == 0
-    same = dy.dtype == torch.float32 and dy.stride() == x.stride() and mean.dtype == rstd.dtype == torch.float32
+    same = x.dtype == dy.dtype == mean.dtype == rstd.dtype == torch.float32 and dy.stride() == x.stride()
     lib = library() if nchw and same else None
     if lib is None:
         return norm_torch.instance_norm_backward(

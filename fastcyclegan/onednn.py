@@ -49,6 +49,7 @@ def usable(h: Tensor, conv: nn.Module) -> bool:
 # one dictionary per way of packing (plain, 2x2-blocked)
 _PACKED = WeakIdKeyDictionary()
 _PACKED_BLOCKED = WeakIdKeyDictionary()
+_BLOCKED = WeakIdKeyDictionary()  # 2x2-blocked, not packed: half precision
 
 
 def _reordered(weight: Tensor, padding, stride, dilation, h: Tensor) -> Tensor:
@@ -107,13 +108,18 @@ def _blocked_weight(weight: Tensor) -> Tensor:
 def conv2d_blocked_2x2(conv: nn.Conv2d, h: Tensor, bias: Tensor | None) -> Tensor:
     """conv(h) with `bias` (None: without) for a conv with few output channels (`blocked_2x2_fits`), computed
     as one stride-2 conv with a (k + 1)^2 kernel whose 4 O output channels are each output's 2x2 pixel
-    blocks, then a pixel shuffle. oneDNN's fp32 kernels compute 16 output channels per vector whatever the
-    count, so the 3-channel head ran at 3/16 of their width: the 7x7 head on 1x64x134x134 took 7.6 ms, this
-    2.7 ms with the same error against float64 (bench/results/TUNING.md). The same sums, zeros added."""
+    blocks, then a pixel shuffle. oneDNN's kernels compute a vector of output channels (16 in fp32) whatever
+    the count, so the 3-channel head ran at 3/16 of their width: the 7x7 head on 1x64x134x134 took 7.6 ms,
+    this 2.7 ms (bf16: 4.6 and 1.7 ms) with the same error against float64 (bench/results/TUNING.md). The
+    same sums, zeros added. On pre-packed weights where `usable(h, conv)` (fp32), else on a blocked copy of
+    the weight in its dtype and channels-last (half precision); inference only, the copies are cached."""
     geometry = [0, 0], [2, 2], [1, 1]
-    packed = _cached(_PACKED_BLOCKED, conv, lambda w: _reordered(_blocked_weight(w), *geometry, h))
     bias = None if bias is None else bias.repeat_interleave(4)
-    return torch.nn.functional.pixel_shuffle(_pointwise(h, packed, bias, *geometry), 2)
+    if usable(h, conv):
+        packed = _cached(_PACKED_BLOCKED, conv, lambda w: _reordered(_blocked_weight(w), *geometry, h))
+        return torch.nn.functional.pixel_shuffle(_pointwise(h, packed, bias, *geometry), 2)
+    blocked = _cached(_BLOCKED, conv, lambda w: _blocked_weight(w).contiguous(memory_format=torch.channels_last))
+    return torch.nn.functional.pixel_shuffle(torch.nn.functional.conv2d(h, blocked, bias, stride=2), 2)
 
 
 def conv2d(conv: nn.Conv2d, h: Tensor, bias: Tensor | None) -> Tensor:

@@ -58,6 +58,33 @@ def test_the_kernel_matches_the_float64_reference(cpu_kernel, channels_last, sha
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("pad, residual", [(0, None), (1, "interior"), (3, "contiguous")])
+@pytest.mark.parametrize("act", [True, 0.2, False], ids=["relu", "leaky", "none"])
+def test_bf16_is_read_and_written_as_bf16_within_one_rounding(cpu_kernel, channels_last, pad, residual, act):
+    """bf16 x, residual and output: each output within one bf16 rounding of the float64 reference (of the
+    bf16 inputs), as the PyTorch implementation's (which converts to fp32 and back); NaN kept."""
+    gen = torch.Generator().manual_seed(pad)
+    x = to_format(torch.randn(2, 16, 9, 11, generator=gen) * 2 + 3, channels_last).bfloat16()
+    x[0, 0, 0, 0] = float("nan")  # poisons plane (0, 0) only
+    r = _residual(residual, x, pad)
+    kw = dict(relu=bool(act), negative_slope=act if act is not True else 0.0)
+    outs = []
+    for module in (norm_cpu, norm_torch):
+        out = padded_empty(x, pad)
+        module.instance_norm_forward(x, r, out, **kw)
+        assert out.dtype == torch.bfloat16
+        outs.append(out)
+    expected = reference_instance_norm(x.float().nan_to_num(), r, relu=act, pad=pad)
+    for out in outs:
+        ok = out[1:].double()
+        torch.testing.assert_close(ok, expected[1:], atol=2**-7 * expected[1:].abs().max().item(), rtol=2**-8)
+        assert out[0, 0].isnan().all() and not out[0, 1:].isnan().any()
+    torch.testing.assert_close(outs[0][1:], outs[1][1:], atol=2**-7 * 4, rtol=2**-7)
+    rounded = expected[1:].to(torch.bfloat16)  # round to nearest even, as torch: truncation would miss half
+    assert (outs[0][1:] == rounded).double().mean() > 0.98
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 def test_the_kernel_equals_the_pytorch_implementation_and_is_more_exact(cpu_kernel, channels_last):
     """The same contract as norm_torch (outputs to fp32 rounding, the same statistics), and on a near-white
     plane (|mean| / std = 1000) a smaller error against float64: its statistics and transform run in double."""
@@ -116,12 +143,13 @@ def test_nan_and_constant_planes_as_aten():
     assert torch.equal(out[0, 0], torch.zeros(4, 4)) and out[0, 1].isnan().all()
 
 
-def test_the_op_runs_the_kernel_in_fp32_and_norm_torch_otherwise(cpu_kernel, monkeypatch):
+def test_the_op_runs_the_kernel_in_fp32_and_bf16_and_norm_torch_otherwise(cpu_kernel, monkeypatch):
     """ops.instance_norm on a CPU: fp32 calls reach the C kernel (plain inference, and the registered op under
-    autograd: forward and backward), float64 and bf16 norm_torch; `disabled()` sends fp32 there too."""
+    autograd: forward and backward), bf16 its forward, float64 and fp16 norm_torch; `disabled()` sends fp32
+    there too."""
     calls = []
-    real = cpu_kernel.fcg_instance_norm_f32
-    monkeypatch.setattr(cpu_kernel, "fcg_instance_norm_f32", lambda *a: calls.append(a) or real(*a))
+    real = cpu_kernel.fcg_instance_norm_forward
+    monkeypatch.setattr(cpu_kernel, "fcg_instance_norm_forward", lambda *a: calls.append(a) or real(*a))
     x = torch.randn(2, 4, 6, 6)
     with torch.no_grad():
         y = ops.instance_norm(x, relu=True, pad=1)
@@ -139,10 +167,12 @@ def test_the_op_runs_the_kernel_in_fp32_and_norm_torch_otherwise(cpu_kernel, mon
     assert len(calls) == 3 and len(backwards) == 1  # no activation: ATen's batch-norm backward is faster
     with torch.no_grad():
         ops.instance_norm(x.double(), pad=1)
-        ops.instance_norm(x.bfloat16(), pad=1)
+        ops.instance_norm(x.half(), pad=1)
         with norm_cpu.disabled():
             ops.instance_norm(x, pad=1)
-    assert len(calls) == 3
+        assert len(calls) == 3
+        ops.instance_norm(x.bfloat16(), pad=1)
+    assert len(calls) == 4
 
 
 def _run(code: str, env: dict) -> subprocess.CompletedProcess:

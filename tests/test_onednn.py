@@ -118,3 +118,26 @@ def test_fast_generator_inference_runs_on_packed_weights(monkeypatch, torch_fall
         assert calls == []  # a quarter of that: the fixed cost per layer would outweigh the gain
     fast(x).sum().backward()  # training: plain convs, autograd through them
     assert calls == [] and fast.model[1].weight.grad is not None
+
+
+def test_half_precision_inference_runs_the_head_as_2x2_blocks_on_plain_weights(monkeypatch, torch_fallback):
+    """bf16 on a CPU (no pre-packed weights): the head as 2x2 output blocks on a cached blocked copy of its
+    weight, within bf16 rounding of the float64 reference as the plain head is; not under autograd."""
+    torch.manual_seed(0)
+    reference = Generator(1, ngf=8).eval()
+    fast = FastGenerator.from_module(reference).to(torch.bfloat16)
+    blocked = []
+    head = onednn.conv2d_blocked_2x2
+    monkeypatch.setattr(onednn, "conv2d_blocked_2x2", lambda conv, h, bias: blocked.append(conv) or head(conv, h, bias))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    expected = Generator(1, ngf=8).double().eval()
+    expected.load_state_dict(reference.state_dict())
+    with torch.no_grad():
+        y = fast(x.bfloat16())
+        plain = reference.to(torch.bfloat16)(x.bfloat16())
+        truth = expected(x.double())
+    assert blocked == [fast.model[fast.layout.head]] and y.dtype == torch.bfloat16
+    error, plain_error = ((t.double() - truth).square().mean().sqrt() for t in (y, plain))
+    assert error <= 1.5 * plain_error, (error, plain_error)
+    fast(x.bfloat16()).float().sum().backward()  # training: the module's own head
+    assert len(blocked) == 1 and fast.model[fast.layout.head].weight.grad is not None

@@ -25,12 +25,30 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LANES 16      /* independent double accumulators: the compiler vectorises across them */
-#define BLOCK_BYTES 32768 /* a channels-last block of pixels, read twice from L1/L2 */
+#define LANES 16          /* independent double accumulators: the compiler vectorises across them */
+#define BLOCK_VALUES 8192 /* a block of values read twice from L1/L2 (32 KB in fp32) */
 
-typedef struct {
-    double count, mean, m2; /* a block's or a merge's statistics */
-} stats_t;
+/* Storage: fp32 or bf16 (bf16 = the top half of an fp32, rounded to nearest even as torch rounds). The
+ * `bf16` flag is a constant wherever a loop is specialised (the always_inline functions below), so each
+ * storage type gets its own vectorised loops. */
+static inline __attribute__((always_inline)) float load(const void *p, int64_t i, int bf16) {
+    if (!bf16) return ((const float *)p)[i];
+    uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline __attribute__((always_inline)) void store(void *p, int64_t i, float f, int bf16) {
+    if (!bf16) {
+        ((float *)p)[i] = f;
+        return;
+    }
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    u = f != f ? 0x7FC00000u : u + 0x7FFFu + ((u >> 16) & 1u); /* NaN stays a quiet NaN */
+    ((uint16_t *)p)[i] = (uint16_t)(u >> 16);
+}
 
 /* Chan's merge of statistics b into a. */
 static void merge(double *count, double *mean, double *m2, double count_b, double mean_b, double m2_b) {
@@ -41,44 +59,41 @@ static void merge(double *count, double *mean, double *m2, double count_b, doubl
     *count = total;
 }
 
-/* Sum of v[0..len) in double, LANES partial sums. */
-static double sum_lanes(const float *v, int64_t len) {
-    double acc[LANES] = {0};
+/* mean and sum of squared deviations of v[0..len), two passes, LANES partial sums in double. */
+static inline __attribute__((always_inline)) void block_stats(const void *v, int64_t len, int bf16, double *mean,
+                                                              double *m2) {
+    double acc[LANES] = {0}, s = 0;
     int64_t i = 0;
     for (; i + LANES <= len; i += LANES)
-        for (int j = 0; j < LANES; j++) acc[j] += v[i + j];
-    double s = 0;
+        for (int j = 0; j < LANES; j++) acc[j] += load(v, i + j, bf16);
     for (int j = 0; j < LANES; j++) s += acc[j];
-    for (; i < len; i++) s += v[i];
-    return s;
-}
-
-/* Sum of (v - m)^2 over v[0..len) in double. */
-static double squares_lanes(const float *v, int64_t len, double m) {
-    double acc[LANES] = {0};
-    int64_t i = 0;
-    for (; i + LANES <= len; i += LANES)
+    for (; i < len; i++) s += load(v, i, bf16);
+    const double m = s / (double)len;
+    double sq[LANES] = {0}, q = 0;
+    for (i = 0; i + LANES <= len; i += LANES)
         for (int j = 0; j < LANES; j++) {
-            double d = v[i + j] - m;
-            acc[j] += d * d;
+            double d = load(v, i + j, bf16) - m;
+            sq[j] += d * d;
         }
-    double s = 0;
-    for (int j = 0; j < LANES; j++) s += acc[j];
+    for (int j = 0; j < LANES; j++) q += sq[j];
     for (; i < len; i++) {
-        double d = v[i] - m;
-        s += d * d;
+        double d = load(v, i, bf16) - m;
+        q += d * d;
     }
-    return s;
+    *mean = m;
+    *m2 = q;
 }
 
-/* mean and biased variance of one contiguous plane: two passes per block of 8192 values, blocks merged. */
-static void plane_stats(const float *v, int64_t len, double *mean, double *var) {
-    const int64_t block = BLOCK_BYTES / sizeof(float);
+/* mean and biased variance of one contiguous plane: two passes per block of values, blocks merged. */
+static void plane_stats(const void *v, int64_t len, int bf16, double *mean, double *var) {
     double count = 0, m = 0, m2 = 0;
-    for (int64_t start = 0; start < len; start += block) {
-        int64_t k = len - start < block ? len - start : block;
-        double mb = sum_lanes(v + start, k) / (double)k;
-        merge(&count, &m, &m2, (double)k, mb, squares_lanes(v + start, k, mb));
+    for (int64_t start = 0; start < len; start += BLOCK_VALUES) {
+        int64_t k = len - start < BLOCK_VALUES ? len - start : BLOCK_VALUES;
+        double mb, m2b;
+        const void *block = (const char *)v + start * (bf16 ? 2 : 4);
+        if (bf16) block_stats(block, k, 1, &mb, &m2b);
+        else block_stats(block, k, 0, &mb, &m2b);
+        merge(&count, &m, &m2, (double)k, mb, m2b);
     }
     *mean = m;
     *var = m2 / (double)len;
@@ -93,24 +108,6 @@ static inline __attribute__((always_inline)) float activate(float y, int act, fl
     return y;
 }
 
-/* out[i] = act(x[i] * a + b) (+ residual[i]) for i < len; out may be x. */
-static void apply_plane_row(const float *x, float *out, const float *residual, int64_t len, double a, double b,
-                            int act, float slope) {
-    if (residual) {
-        for (int64_t i = 0; i < len; i++) {
-            float y = (float)(x[i] * a + b);
-            y = activate(y, act, slope);
-            out[i] = y + residual[i];
-        }
-    } else {
-        for (int64_t i = 0; i < len; i++) {
-            float y = (float)(x[i] * a + b);
-            y = activate(y, act, slope);
-            out[i] = y;
-        }
-    }
-}
-
 /* The per-channel transform of statistics: rstd (0 for a constant plane with eps 0, NaN for a NaN plane,
  * as ATen's), a, b. */
 static void transform(double m, double var, double eps, const float *weight, const float *bias, int64_t ch,
@@ -123,60 +120,123 @@ static void transform(double m, double var, double eps, const float *weight, con
     *b_out = b;
 }
 
-static void forward_nchw(const float *x, float *out, const float *residual, const int64_t *rs, const float *weight,
+/* One channels-last row of w pixels: out = act(x * a + b) (+ res, pixel stride res_step), a and b per
+ * channel. act, bf16 and whether there is a residual are constants where it is inlined: one vectorised loop
+ * each (with them decided inside the loop, gcc vectorised none). out may be x. */
+static inline __attribute__((always_inline)) void pixel_row(const void *x, void *out, const void *res,
+                                                            int64_t res_step, const double *a, const double *b,
+                                                            int64_t w, int64_t c, int act, float slope, int bf16,
+                                                            int has_res) {
+    for (int64_t col = 0; col < w; col++)
+        for (int64_t ch = 0; ch < c; ch++) {
+            float y = activate((float)(load(x, col * c + ch, bf16) * a[ch] + b[ch]), act, slope);
+            if (has_res) y += load(res, col * res_step + ch, bf16);
+            store(out, col * c + ch, y, bf16);
+        }
+}
+
+/* One NCHW row of w values of one plane: the same with scalar a and b, the residual's row contiguous. */
+static inline __attribute__((always_inline)) void plane_row(const void *x, void *out, const void *res,
+                                                            int64_t res_step, const double *a, const double *b,
+                                                            int64_t w, int64_t c, int act, float slope, int bf16,
+                                                            int has_res) {
+    (void)res_step, (void)c;
+    const double a0 = a[0], b0 = b[0];
+    for (int64_t i = 0; i < w; i++) {
+        float y = activate((float)(load(x, i, bf16) * a0 + b0), act, slope);
+        if (has_res) y += load(res, i, bf16);
+        store(out, i, y, bf16);
+    }
+}
+
+/* KERNEL (pixel_row or plane_row) with its constants chosen: 3 activations x 2 storage types x residual or
+ * not, each a loop of its own. */
+#define ROW_CASE(KERNEL, ACT, BF16, RES) KERNEL(x, out, res, res_step, a, b, w, c, ACT, slope, BF16, RES)
+#define ROW_ACTS(KERNEL, BF16, RES)                                                                           \
+    (act == ACT_RELU    ? ROW_CASE(KERNEL, ACT_RELU, BF16, RES)                                              \
+     : act == ACT_LEAKY ? ROW_CASE(KERNEL, ACT_LEAKY, BF16, RES)                                             \
+                        : ROW_CASE(KERNEL, ACT_NONE, BF16, RES))
+#define ROW_DISPATCH(KERNEL)                                                                                  \
+    if (bf16) res ? ROW_ACTS(KERNEL, 1, 1) : ROW_ACTS(KERNEL, 1, 0);                                         \
+    else res ? ROW_ACTS(KERNEL, 0, 1) : ROW_ACTS(KERNEL, 0, 0)
+
+static void apply_pixel_row(const void *x, void *out, const void *res, int64_t res_step, const double *a,
+                            const double *b, int64_t w, int64_t c, int act, float slope, int bf16) {
+    ROW_DISPATCH(pixel_row);
+}
+
+static void apply_plane_row(const void *x, void *out, const void *res, const double *a, const double *b,
+                            int64_t w, int act, float slope, int bf16) {
+    const int64_t res_step = 1, c = 1;
+    ROW_DISPATCH(plane_row);
+}
+
+/* The reflection border of one padded row of wp pixels of `pixel` bytes (`row` at its first interior
+ * pixel): padded column pad - k mirrors pad + k. */
+static void reflect_row(char *row, int64_t w, int64_t pad, size_t pixel) {
+    for (int64_t k = 1; k <= pad; k++) {
+        memcpy(row - k * (int64_t)pixel, row + k * (int64_t)pixel, pixel);
+        memcpy(row + (w - 1 + k) * (int64_t)pixel, row + (w - 1 - k) * (int64_t)pixel, pixel);
+    }
+}
+
+static void forward_nchw(const void *x, void *out, const void *residual, const int64_t *rs, const float *weight,
                          const float *bias, float *mean_out, float *rstd_out, int64_t n, int64_t c, int64_t h,
-                         int64_t w, int64_t pad, int act, float slope, double eps, int n_threads) {
-    const int64_t hw = h * w, wp = w + 2 * pad, plane_out = (h + 2 * pad) * wp;
+                         int64_t w, int64_t pad, int act, float slope, double eps, int bf16, int n_threads) {
+    const int64_t hw = h * w, wp = w + 2 * pad, plane_out = (h + 2 * pad) * wp, es = bf16 ? 2 : 4;
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t p = 0; p < n * c; p++) {
-        const float *xp = x + p * hw;
-        double m, var;
-        plane_stats(xp, hw, &m, &var);
-        double a, b;
+        const char *xp = (const char *)x + p * hw * es;
+        double m, var, a, b;
+        plane_stats(xp, hw, bf16, &m, &var);
         transform(m, var, eps, weight, bias, p % c, &rstd_out[p], &a, &b);
         mean_out[p] = (float)m;
-        float *op = out + p * plane_out;
+        char *op = (char *)out + p * plane_out * es;
         for (int64_t r = 0; r < h; r++) {
-            float *row = op + (r + pad) * wp + pad;
-            const float *res = residual ? residual + (p / c) * rs[0] + (p % c) * rs[1] + r * rs[2] : NULL;
-            apply_plane_row(xp + r * w, row, res, w, a, b, act, slope);
-            for (int64_t k = 1; k <= pad; k++) { /* reflection: padded column pad - k mirrors pad + k */
-                row[-k] = row[k];
-                row[w - 1 + k] = row[w - 1 - k];
-            }
+            char *row = op + ((r + pad) * wp + pad) * es;
+            const void *res = residual ? (const char *)residual + ((p / c) * rs[0] + (p % c) * rs[1] + r * rs[2]) * es
+                                       : NULL;
+            apply_plane_row(xp + r * w * es, row, res, &a, &b, w, act, slope, bf16);
+            reflect_row(row, w, pad, (size_t)es);
         }
         for (int64_t k = 1; k <= pad; k++) { /* whole padded rows, corners included */
-            memcpy(op + (pad - k) * wp, op + (pad + k) * wp, wp * sizeof(float));
-            memcpy(op + (pad + h - 1 + k) * wp, op + (pad + h - 1 - k) * wp, wp * sizeof(float));
+            memcpy(op + (pad - k) * wp * es, op + (pad + k) * wp * es, (size_t)(wp * es));
+            memcpy(op + (pad + h - 1 + k) * wp * es, op + (pad + h - 1 - k) * wp * es, (size_t)(wp * es));
         }
     }
 }
 
-/* Statistics of pixels [start, end) of one channels-last image (rows of c values): per block of pixels a
- * column sum, the block's mean, the sum of squared deviations, merged into (count, mean, m2). */
-static void pixel_stats(const float *img, int64_t start, int64_t end, int64_t c, double *count, double *mean,
-                        double *m2, double *scratch) {
-    int64_t block = BLOCK_BYTES / (int64_t)sizeof(float) / c;
+/* Column sums of k pixels of c values (channels-last), then the sums of squared deviations from them. */
+static inline __attribute__((always_inline)) void pixel_block(const void *v, int64_t k, int64_t c, int bf16,
+                                                              double *mean, double *sq) {
+    for (int64_t ch = 0; ch < c; ch++) mean[ch] = sq[ch] = 0;
+    for (int64_t i = 0; i < k; i++)
+        for (int64_t ch = 0; ch < c; ch++) mean[ch] += load(v, i * c + ch, bf16);
+    for (int64_t ch = 0; ch < c; ch++) mean[ch] /= (double)k;
+    for (int64_t i = 0; i < k; i++)
+        for (int64_t ch = 0; ch < c; ch++) {
+            double d = load(v, i * c + ch, bf16) - mean[ch];
+            sq[ch] += d * d;
+        }
+}
+
+/* Statistics of pixels [start, end) of one channels-last image: per block of pixels a two-pass mean and
+ * sum of squared deviations, merged into (count, mean, m2). */
+static void pixel_stats(const void *img, int64_t start, int64_t end, int64_t c, int bf16, double *count,
+                        double *mean, double *m2, double *scratch) {
+    int64_t block = BLOCK_VALUES / c;
     if (block < 1) block = 1;
     *count = 0;
     for (int64_t ch = 0; ch < c; ch++) mean[ch] = m2[ch] = 0;
     for (int64_t p0 = start; p0 < end; p0 += block) {
         int64_t k = end - p0 < block ? end - p0 : block;
-        const float *v = img + p0 * c;
-        for (int64_t ch = 0; ch < c; ch++) scratch[ch] = 0;
-        for (int64_t i = 0; i < k; i++)
-            for (int64_t ch = 0; ch < c; ch++) scratch[ch] += v[i * c + ch];
-        for (int64_t ch = 0; ch < c; ch++) scratch[ch] /= (double)k;
-        double *sq = scratch + c;
-        for (int64_t ch = 0; ch < c; ch++) sq[ch] = 0;
-        for (int64_t i = 0; i < k; i++)
-            for (int64_t ch = 0; ch < c; ch++) {
-                double d = v[i * c + ch] - scratch[ch];
-                sq[ch] += d * d;
-            }
+        const void *v = (const char *)img + p0 * c * (bf16 ? 2 : 4);
+        double *bm = scratch, *sq = scratch + c;
+        if (bf16) pixel_block(v, k, c, 1, bm, sq);
+        else pixel_block(v, k, c, 0, bm, sq);
         double total = *count + (double)k;
         for (int64_t ch = 0; ch < c; ch++) {
-            double delta = scratch[ch] - mean[ch];
+            double delta = bm[ch] - mean[ch];
             mean[ch] += delta * ((double)k / total);
             m2[ch] += sq[ch] + delta * delta * (*count * (double)k / total);
         }
@@ -184,38 +244,12 @@ static void pixel_stats(const float *img, int64_t start, int64_t end, int64_t c,
     }
 }
 
-/* One channels-last row of w pixels: out = act(x * a + b) (+ residual, pixel stride res_step), a and b per
- * channel. `act` and whether there is a residual are constants where it is inlined: one vectorised loop
- * each (with them decided inside the loop, gcc vectorised none). */
-static inline __attribute__((always_inline)) void pixels(const float *x, float *out, const float *res,
-                                                         int64_t res_step, const double *a, const double *b,
-                                                         int64_t w, int64_t c, int act, float slope) {
-    for (int64_t col = 0; col < w; col++)
-        for (int64_t ch = 0; ch < c; ch++) {
-            float y = activate((float)(x[col * c + ch] * a[ch] + b[ch]), act, slope);
-            out[col * c + ch] = res ? y + res[col * res_step + ch] : y;
-        }
-}
-
-static void apply_pixels(const float *x, float *out, const float *res, int64_t res_step, const double *a,
-                         const double *b, int64_t w, int64_t c, int act, float slope) {
-    if (res) {
-        if (act == ACT_RELU) pixels(x, out, res, res_step, a, b, w, c, ACT_RELU, slope);
-        else if (act == ACT_LEAKY) pixels(x, out, res, res_step, a, b, w, c, ACT_LEAKY, slope);
-        else pixels(x, out, res, res_step, a, b, w, c, ACT_NONE, slope);
-    } else {
-        if (act == ACT_RELU) pixels(x, out, NULL, 0, a, b, w, c, ACT_RELU, slope);
-        else if (act == ACT_LEAKY) pixels(x, out, NULL, 0, a, b, w, c, ACT_LEAKY, slope);
-        else pixels(x, out, NULL, 0, a, b, w, c, ACT_NONE, slope);
-    }
-}
-
-static int forward_channels_last(const float *x, float *out, const float *residual, const int64_t *rs,
-                                 const float *weight,
-                                 const float *bias, float *mean_out, float *rstd_out, int64_t n, int64_t c,
-                                 int64_t h, int64_t w, int64_t pad, int act, float slope, double eps,
-                                 int n_threads) {
+static int forward_channels_last(const void *x, void *out, const void *residual, const int64_t *rs,
+                                 const float *weight, const float *bias, float *mean_out, float *rstd_out,
+                                 int64_t n, int64_t c, int64_t h, int64_t w, int64_t pad, int act, float slope,
+                                 double eps, int bf16, int n_threads) {
     const int64_t hw = h * w, wp = w + 2 * pad, row_out = wp * c, img_out = (h + 2 * pad) * row_out;
+    const int64_t es = bf16 ? 2 : 4;
     /* (image, chunk) tasks, enough for every thread at batch 1; their partial statistics merged per image */
     int64_t chunks = n >= n_threads ? 1 : (n_threads + n - 1) / n;
     if (chunks > hw) chunks = hw;
@@ -241,7 +275,8 @@ static int forward_channels_last(const float *x, float *out, const float *residu
                 rec[0] = 0;
                 continue;
             }
-            pixel_stats(x + img * hw * c, start, end, c, &rec[0], rec + 1, rec + 1 + c, scratch);
+            pixel_stats((const char *)x + img * hw * c * es, start, end, c, bf16, &rec[0], rec + 1, rec + 1 + c,
+                        scratch);
         }
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < n * c; q++) { /* merge an (image, channel)'s chunks, in order */
@@ -258,23 +293,20 @@ static int forward_channels_last(const float *x, float *out, const float *residu
         for (int64_t rr = 0; rr < n * h; rr++) { /* one interior row of one image, its borders included */
             int64_t img = rr / h, r = rr % h;
             const double *a = ab + img * c, *b = ab + n * c + img * c;
-            const float *xr = x + (img * hw + r * w) * c;
-            const float *res = residual ? residual + img * rs[0] + r * rs[2] : NULL;
-            float *row = out + img * img_out + (r + pad) * row_out + pad * c;
-            apply_pixels(xr, row, res, rs[3], a, b, w, c, act, slope);
-            for (int64_t k = 1; k <= pad; k++) {
-                memcpy(row - k * c, row + k * c, c * sizeof(float));
-                memcpy(row + (w - 1 + k) * c, row + (w - 1 - k) * c, c * sizeof(float));
-            }
+            const char *xr = (const char *)x + (img * hw + r * w) * c * es;
+            const void *res = residual ? (const char *)residual + (img * rs[0] + r * rs[2]) * es : NULL;
+            char *row = (char *)out + (img * img_out + (r + pad) * row_out + pad * c) * es;
+            apply_pixel_row(xr, row, res, rs[3], a, b, w, c, act, slope, bf16);
+            reflect_row(row, w, pad, (size_t)(c * es));
         }
         if (pad) {
 #pragma omp for schedule(static)
             for (int64_t rr = 0; rr < n * pad; rr++) { /* whole padded rows, after every interior row */
                 int64_t img = rr / pad, k = rr % pad + 1;
-                float *base = out + img * img_out;
-                memcpy(base + (pad - k) * row_out, base + (pad + k) * row_out, row_out * sizeof(float));
-                memcpy(base + (pad + h - 1 + k) * row_out, base + (pad + h - 1 - k) * row_out,
-                       row_out * sizeof(float));
+                char *base = (char *)out + img * img_out * es;
+                memcpy(base + (pad - k) * row_out * es, base + (pad + k) * row_out * es, (size_t)(row_out * es));
+                memcpy(base + (pad + h - 1 + k) * row_out * es, base + (pad + h - 1 - k) * row_out * es,
+                       (size_t)(row_out * es));
             }
         }
     }
@@ -284,17 +316,18 @@ static int forward_channels_last(const float *x, float *out, const float *residu
     return 0;
 }
 
-/* Returns 0, or 1 when memory for the partial statistics could not be had (nothing meaningful written). */
-int fcg_instance_norm_f32(const float *x, float *out, const float *residual, const int64_t *res_stride,
-                          const float *weight,
-                          const float *bias, float *mean_out, float *rstd_out, int64_t n, int64_t c, int64_t h,
-                          int64_t w, int64_t pad, int channels_last, int act, float slope, double eps,
-                          int n_threads) {
+/* x, residual and out fp32 (bf16 = 0) or bf16 (bf16 = 1); weight, bias, mean, rstd fp32. Returns 0, or 1
+ * when memory for the partial statistics could not be had (nothing meaningful written). */
+int fcg_instance_norm_forward(const void *x, void *out, const void *residual, const int64_t *res_stride,
+                              const float *weight, const float *bias, float *mean_out, float *rstd_out, int64_t n,
+                              int64_t c, int64_t h, int64_t w, int64_t pad, int channels_last, int act, float slope,
+                              double eps, int bf16, int n_threads) {
     if (n_threads < 1) n_threads = 1;
     if (channels_last)
-        return forward_channels_last(x, out, residual, res_stride, weight, bias, mean_out, rstd_out, n, c, h, w, pad, act,
-                                     slope, eps, n_threads);
-    forward_nchw(x, out, residual, res_stride, weight, bias, mean_out, rstd_out, n, c, h, w, pad, act, slope, eps, n_threads);
+        return forward_channels_last(x, out, residual, res_stride, weight, bias, mean_out, rstd_out, n, c, h, w,
+                                     pad, act, slope, eps, bf16, n_threads);
+    forward_nchw(x, out, residual, res_stride, weight, bias, mean_out, rstd_out, n, c, h, w, pad, act, slope, eps,
+                 bf16, n_threads);
     return 0;
 }
 
