@@ -83,9 +83,9 @@ def build(directory: Path | None = None) -> Path:
     directory = cache_dir() if directory is None else directory
     target = directory / f"instance_norm_cpu-{key.hexdigest()[:16]}.so"
     if target.exists():
-        return target
+        return _trusted(target)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         handle, partial = tempfile.mkstemp(dir=directory, prefix=".building-", suffix=".so")
         os.close(handle)
     except OSError as err:
@@ -100,6 +100,18 @@ def build(directory: Path | None = None) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
     return target
+
+
+def _trusted(path: Path) -> Path:
+    """path, if only this user can have written it: a library in a shared cache that someone else owns or
+    could write would run their code in this process (its name is predictable)."""
+    info = path.stat()
+    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o022):
+        raise KernelUnavailable(
+            f"refusing to load {path}: it is not owned by this user or is writable by others "
+            "(delete it, or point FASTCYCLEGAN_CACHE_DIR at a private folder)"
+        )
+    return path
 
 
 @functools.cache

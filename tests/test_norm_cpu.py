@@ -226,3 +226,12 @@ def test_the_build_is_cached_per_source_and_machine(cpu_kernel, tmp_path):
     done = _run(_USE, {"FASTCYCLEGAN_CACHE_DIR": str(tmp_path)})
     assert done.returncode == 0 and done.stdout.split() == ["kernel"], done.stderr
     assert first.stat().st_mtime_ns == stamp
+
+
+def test_a_cached_library_others_could_have_written_is_not_loaded(cpu_kernel, tmp_path):
+    built = norm_cpu.build(tmp_path)
+    built.chmod(0o777)  # world-writable: anyone could have replaced it
+    with pytest.raises(norm_cpu.KernelUnavailable, match="writable by others"):
+        norm_cpu.build(tmp_path)
+    done = _run(_USE, {"FASTCYCLEGAN_CACHE_DIR": str(tmp_path)})
+    assert done.returncode == 0 and done.stdout.split() == ["aten"] and "refusing to load" in done.stderr
