@@ -91,7 +91,11 @@ def build(directory: Path | None = None) -> Path:
     except OSError as err:
         raise KernelUnavailable(f"cannot write the kernel's cache {directory}: {err}") from err
     try:
-        done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", partial], capture_output=True, text=True)
+        command = [compiler, *FLAGS, str(SOURCE), "-o", partial]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.SubprocessError) as err:
+            raise KernelUnavailable(f"{compiler} did not finish {SOURCE.name}: {err}") from err
         if done.returncode:
             lines = (done.stderr or done.stdout).strip().splitlines() or [f"exit status {done.returncode}"]
             raise KernelUnavailable(f"{compiler} failed on {SOURCE.name}: {lines[-1]}")
@@ -138,7 +142,7 @@ def runs(x: Tensor) -> bool:
     """Whether the kernel runs the forward of a norm on x (and its output in x's layout): fp32 or bf16 on a
     CPU, NCHW- or channels-last-contiguous, the kernel loaded and not disabled."""
     off = getattr(_local, "off", False)
-    return not off and _layout(x, None, torch.empty_like(x)) is not None and library() is not None
+    return not off and _layout(x, None, x) is not None and library() is not None  # out: x's layout
 
 
 @contextlib.contextmanager

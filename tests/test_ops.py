@@ -550,8 +550,9 @@ def test_bad_eps_and_pad_are_refused(kwargs, message):
 
 
 @pytest.mark.parametrize("name", ["instance_norm_forward", "instance_norm_backward"])
-def test_both_implementations_share_one_signature(name):
-    """fastcyclegan.norm_torch and the kernels' launchers: the same parameters, kinds and defaults."""
+def test_the_implementations_share_one_signature(name):
+    """fastcyclegan.norm_torch, norm_cpu (the C kernel) and the kernels' launchers: the same parameters, kinds
+    and defaults."""
     import fastcyclegan.kernels as kernels
 
     from fastcyclegan import norm_torch
@@ -560,3 +561,4 @@ def test_both_implementations_share_one_signature(name):
         return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
 
     assert params(getattr(norm_torch, name)) == params(getattr(kernels, name))
+    assert params(getattr(norm_cpu, name)) == params(getattr(kernels, name))
