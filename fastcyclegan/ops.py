@@ -4,9 +4,10 @@
 node. This module holds the op (schema, checks, fake, autograd) and nothing of its maths: three implementations
 of one contract do the work, the Triton kernels of `fastcyclegan.kernels` (on CUDA, and on the CPU when
 TRITON_INTERPRET=1 was set before Triton compiled them: the interpreter), the C kernel of
-`fastcyclegan.norm_cpu` (fp32 forwards on a CPU) and `fastcyclegan.norm_torch` (otherwise, and for float64
-everywhere). `instance_norm` routes each call: traced or subclassed tensors get
-the registered op; plain inference calls the implementation without the dispatcher; eager autograd runs the
+`fastcyclegan.norm_cpu` (fp32 and bf16 forwards, the fp32 backward with an activation, on a CPU) and
+`fastcyclegan.norm_torch` (otherwise, and for float64 everywhere). `instance_norm` routes each call: traced
+or subclassed tensors get the registered op; plain inference calls the implementation without the
+dispatcher; eager autograd runs the
 op's formula as one autograd.Function, or, for fp32 NCHW planes on a CPU, the ATen ops eager PyTorch runs
 for the same maths (`_aten_composition`), whose own backwards take fewer passes there.
 
