@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import onednn
+from .recording import records_grad
 
 # below this many stem outputs per image (ngf * H * W) the pre-packed channels-last path's fixed cost per
 # layer outweighs what it saves (ngf 8 at 32x32: 1.78x eager's time against 1.32x NCHW; ngf 64 at 32x32:
@@ -74,7 +75,7 @@ def _transposed(conv: nn.ConvTranspose2d, h: Tensor) -> Tensor:
     (1x128x64x64 -> 64 channels, forward + backward: 21.7 against 19.3 ms; bench/results/TUNING.md)."""
     nchw = h.stride(1) != 1 or h.shape[1] == 1
     weight = conv.weight
-    if nchw and torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+    if nchw and records_grad(h, weight):
         fmt = torch.contiguous_format
         weight = weight.contiguous()
     else:
@@ -122,7 +123,7 @@ def _blocked_half(h: Tensor, conv: nn.Conv2d) -> bool:
     a CPU, inference (autograd would need the blocked weight made at every call), a conv that fits."""
     if h.device.type != "cpu" or h.dtype not in (torch.bfloat16, torch.float16) or torch.compiler.is_compiling():
         return False
-    if torch.is_grad_enabled() and (h.requires_grad or conv.weight.requires_grad):
+    if records_grad(h, conv.weight):
         return False
     cl = h.is_contiguous(memory_format=torch.channels_last) and conv.padding_mode == "zeros"
     return cl and h.dtype == conv.weight.dtype and onednn.blocked_2x2_fits(conv, h)

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .recording import records_grad
+
 
 @functools.cache
 def _has_ops() -> bool:
@@ -41,8 +43,7 @@ def usable(h: Tensor, conv: nn.Module) -> bool:
         return False
     if h.device.type != "cpu" or h.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
-    grad = torch.is_grad_enabled()
-    return not (grad and (h.requires_grad or weight.requires_grad))
+    return not records_grad(h, weight)
 
 
 # weight Parameter -> (data_ptr, version, packed weight); weak, so dropping a model frees its packed copies;
