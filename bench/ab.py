@@ -1,8 +1,8 @@
 """Interleaved A/B timing of generator backends on one device: the fair comparison on a noisy machine.
 
-    python bench/ab.py --backends eager,fast --size 256 --batch 8 --dtype fp32 --rounds 7 [--json out.json]
-    python bench/ab.py --backends fast,fast:stem8,fast:head8,fast:stem8+head8 --dtype bf16
-    python bench/ab.py --backends eager,compiled,fast,fast_compiled,onnxruntime,openvino --size 128 --busy 2
+    python -m bench.ab --backends eager,fast --size 256 --batch 8 --dtype fp32 --rounds 7 [--json out.json]
+    python -m bench.ab --backends fast,fast:stem8,fast:head8,fast:stem8+head8 --dtype bf16
+    python -m bench.ab --backends eager,compiled,fast,fast_compiled,onnxruntime,openvino --size 128 --busy 2
 
 `fast:NAME` is the FastGenerator candidate NAME of bench/fcg_variants.py (stem8, head8, stem8+head8, aten-norms), run
 eagerly like `fast`: the A/B of a change before it moves into FastGenerator.
@@ -23,16 +23,16 @@ import sys
 import time
 
 import torch
-from fcg_busy import busy_processes
-from fcg_cycle import BACKENDS as CYCLE_BACKENDS
-from fcg_cycle import build, iteration, reference_networks
-from fcg_matrix import blocks_for
-from fcg_variants import VARIANTS
 
+from bench.fcg_busy import busy_processes
+from bench.fcg_cycle import BACKENDS as CYCLE_BACKENDS
+from bench.fcg_cycle import build, iteration, reference_networks
+from bench.fcg_matrix import blocks_for
+from bench.fcg_variants import VARIANTS
 from fastcyclegan import Generator
-from fastcyclegan.backends import BACKENDS, DTYPES, Backend, build_backend
 from fastcyclegan.devices import default_device
-from fastcyclegan.measure import device_facts, synchronize
+from fastcyclegan.harness.backends import BACKENDS, DTYPES, Backend, build_backend
+from fastcyclegan.harness.measure import device_facts, synchronize
 
 
 def main(argv=None) -> int:

@@ -14,11 +14,12 @@ import threading
 
 import pytest
 import torch
-from fcg_matrix import bench_device, default_dtypes, matrix
-from fcg_progress import ProgressSaver, case_line
 
-from fastcyclegan.backends import DEFAULT_BACKENDS
-from fastcyclegan.measure import ceilings, device_facts, tf32_off
+from bench.fcg_matrix import bench_device, default_dtypes, matrix
+from bench.fcg_progress import ProgressSaver, case_line
+from fastcyclegan.harness.backends import DEFAULT_BACKENDS
+from fastcyclegan.harness.measure import ceilings, device_facts
+from fastcyclegan.parity import tf32_off
 
 
 def pytest_addoption(parser):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU against what users deploy with: interleaved A/B (bench/ab.py) of eager, torch.compile, FastGenerator
+# The CPU against what users deploy with: interleaved A/B (python -m bench.ab) of eager, torch.compile, FastGenerator
 # (plain, with its norms on ATen instead of the C kernel, and compiled), ONNX Runtime and OpenVINO, fp32,
 # PyTorch's thread count, at the three cases of the
 # deployment issue; then the same at 128x128 beside 2 busy PyTorch processes (a shared CPU).
@@ -10,13 +10,13 @@
 set -euo pipefail
 out=${1:?usage: bash bench/cpu_peers.sh OUT_DIR}
 mkdir -p "$out"
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."
 py=${PYTHON:-python}
 backends=eager,compiled,fast,fast:aten-norms,fast_compiled,onnxruntime,openvino
 run() {
     local name=$1
     shift
-    "$py" ab.py --device cpu --dtype fp32 --json "$out/$name.json" "$@" 2>&1 | grep -v -i warn | tee "$out/$name.txt"
+    "$py" -m bench.ab --device cpu --dtype fp32 --json "$out/$name.json" "$@" 2>&1 | grep -v -i warn | tee "$out/$name.txt"
 }
 run 128px-b1 --backends "$backends" --size 128 --batch 1 --rounds 11
 run 256px-b1 --backends "$backends" --size 256 --batch 1 --rounds 7

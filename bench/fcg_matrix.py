@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from fastcyclegan.backends import BACKENDS, DEFAULT_BACKENDS, DTYPES
 from fastcyclegan.devices import default_device
+from fastcyclegan.harness.backends import BACKENDS, DEFAULT_BACKENDS, DTYPES
 
 BLOCKS_FOR_SIZE = {128: 6, 256: 9, 512: 9}  # the paper: 6 blocks for 128x128, 9 for 256x256 and larger
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 
 import torch
-from fcg_matrix import blocks_for
 
+from bench.fcg_matrix import blocks_for
 from fastcyclegan import Generator
 
 

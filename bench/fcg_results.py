@@ -4,9 +4,9 @@ passed parity, and the row it stores in pytest-benchmark's extra_info: what `fas
 from __future__ import annotations
 
 import torch
-from fcg_matrix import blocks_for
 
-from fastcyclegan.measure import GENERATOR_SUITE
+from bench.fcg_matrix import blocks_for
+from fastcyclegan.harness.measure import GENERATOR_SUITE
 
 
 def time_and_record(benchmark, call, *, warmup: int, rounds: int, **row) -> None:

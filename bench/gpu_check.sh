@@ -60,9 +60,9 @@ phase train 75 $BENCH bench/test_train_bench.py --fcg-mode train --fcg-batches 4
 phase kernel 57 $BENCH bench/test_kernel_bench.py --fcg-dtypes bf16 \
     --fcg-kernel-shapes "1,256,64,64;32,256,64,64;8,64,256,256" --benchmark-json="$OUT/kernel_bf16.json" "${SMOKE[@]}"
 # the tensor-core stem/head candidates of bench/fcg_variants.py against FastGenerator, interleaved
-phase ab_stem_head 35 $PY bench/ab.py --size 256 --batch 16 --dtype bf16 --rounds 20 \
+phase ab_stem_head 35 $PY -m bench.ab --size 256 --batch 16 --dtype bf16 --rounds 20 \
     --backends fast,fast:stem8,fast:head8,fast:stem8+head8 --json "$OUT/ab_stem_head.json" "${AB[@]}"
-phase profile_fast 27 $PY bench/profile_generator.py --backend fast --batch 16 --dtype bf16 "${PROFILE[@]}"
+phase profile_fast 27 $PY -m bench.profile_generator --backend fast --batch 16 --dtype bf16 "${PROFILE[@]}"
 # the op's CUDA tests; the compiled generator's CUDA parity is the generator phases' gate (tests marked slow)
 phase cuda_kernels 35 $PY -m pytest tests -q -p no:cacheprovider -m "cuda and not slow" -rs
 phase report 14 $PY -m fastcyclegan report "$OUT"/generator_*.json "$OUT"/train_*.json "$OUT"/kernel_*.json \

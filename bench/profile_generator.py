@@ -1,6 +1,6 @@
 """Where a backend's time goes: one profiled forward, kernels grouped by name, layout copies counted.
 
-    python bench/profile_generator.py --backend fast --size 256 --batch 16 --dtype bf16 [--trace trace.json]
+    python -m bench.profile_generator --backend fast --size 256 --batch 16 --dtype bf16 [--trace trace.json]
 
 Prints the top kernels (CUDA time on a GPU, CPU time otherwise) and how many copy/contiguous/pad kernels ran:
 the layout copies that FastGenerator exists to avoid. For issue-style tuning notes: run it before and after
@@ -14,13 +14,13 @@ import sys
 from collections import defaultdict
 
 import torch
-from fcg_matrix import blocks_for
 from torch.profiler import ProfilerActivity, profile
 
+from bench.fcg_matrix import blocks_for
 from fastcyclegan import Generator
-from fastcyclegan.backends import BACKENDS, DTYPES, build_backend
 from fastcyclegan.devices import default_device
-from fastcyclegan.measure import synchronize
+from fastcyclegan.harness.backends import BACKENDS, DTYPES, build_backend
+from fastcyclegan.harness.measure import synchronize
 
 LAYOUT_WORDS = ("copy", "contiguous", "pad", "nchwtonhwc", "nhwctonchw", "nchw2nhwc", "nhwc2nchw")
 

@@ -16,12 +16,13 @@ import time
 
 import pytest
 import torch
-from fcg_cycle import BACKENDS, build, gradients, iteration, reference_networks
-from fcg_matrix import blocks_for, generator_cases, matrix
-from fcg_results import time_and_record
 
-from fastcyclegan.backends import DTYPES
-from fastcyclegan.measure import PARITY_SEEDS, generator_gflop, parity, synchronize
+from bench.fcg_cycle import BACKENDS, build, gradients, iteration, reference_networks
+from bench.fcg_matrix import blocks_for, generator_cases, matrix
+from bench.fcg_results import time_and_record
+from fastcyclegan.harness.backends import DTYPES
+from fastcyclegan.harness.measure import generator_gflop, synchronize
+from fastcyclegan.parity import PARITY_SEEDS, parity
 
 WARMUP_ITERATIONS = 2
 

@@ -14,12 +14,13 @@ import time
 
 import pytest
 import torch
-from fcg_matrix import blocks_for, generator_cases, matrix
-from fcg_models import reference
-from fcg_results import time_and_record
 
-from fastcyclegan.backends import DTYPES, build_backend, unavailable_reason
-from fastcyclegan.measure import PARITY_SEEDS, generator_gflop, parity, synchronize
+from bench.fcg_matrix import blocks_for, generator_cases, matrix
+from bench.fcg_models import reference
+from bench.fcg_results import time_and_record
+from fastcyclegan.harness.backends import DTYPES, build_backend, unavailable_reason
+from fastcyclegan.harness.measure import generator_gflop, synchronize
+from fastcyclegan.parity import PARITY_SEEDS, parity
 
 WARMUP_CALLS = 3
 

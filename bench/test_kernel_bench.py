@@ -12,11 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from fcg_matrix import matrix
 
+from bench.fcg_matrix import matrix
 from fastcyclegan import ops
-from fastcyclegan.backends import DTYPES
-from fastcyclegan.measure import KERNEL_SUITE, PARITY_SEEDS, parity, synchronize
+from fastcyclegan.harness.backends import DTYPES
+from fastcyclegan.harness.measure import KERNEL_SUITE, synchronize
+from fastcyclegan.parity import PARITY_SEEDS, parity
 
 VARIANTS = ("fused", "eager_nchw", "eager_cl", "compiled_cl")
 

@@ -4,7 +4,7 @@ A step is what CycleGAN's generator update costs on its own: zero the gradients,
 a target image (the cycle loss's form), backward, Adam (the paper's lr 2e-4, betas (0.5, 0.999)). Weights
 stay fp32; bf16 means the forward and backward under bf16 autocast, as mixed-precision training runs.
 Before it is timed, each backend's weight gradients on several seeds' inputs are held to the parity rule
-against the float64 reference's (`fastcyclegan.measure.parity`, the same rule as the forward); a conv bias
+against the float64 reference's (`fastcyclegan.parity.parity`, the same rule as the forward); a conv bias
 that FastGenerator leaves out (the norm after it removes it) counts with gradient 0, as it is in exact
 arithmetic. Results: ms per step and images per second, with `mode` = train in the report.
 """
@@ -17,12 +17,13 @@ import time
 
 import pytest
 import torch
-from fcg_matrix import blocks_for, generator_cases, matrix
-from fcg_models import reference
-from fcg_results import time_and_record
 
-from fastcyclegan.backends import DTYPES, build_backend, unavailable_reason
-from fastcyclegan.measure import PARITY_SEEDS, generator_gflop, parity, synchronize
+from bench.fcg_matrix import blocks_for, generator_cases, matrix
+from bench.fcg_models import reference
+from bench.fcg_results import time_and_record
+from fastcyclegan.harness.backends import DTYPES, build_backend, unavailable_reason
+from fastcyclegan.harness.measure import generator_gflop, synchronize
+from fastcyclegan.parity import PARITY_SEEDS, parity
 
 WARMUP_STEPS = 2
 TRAIN_BACKENDS = ("eager", "compiled", "fast", "fast_compiled")

@@ -1,7 +1,7 @@
 """`fastcyclegan translate` with one backend against another, alternating whole runs (decode workers, the
 model, the PNG writers: what a user runs), optionally beside busy PyTorch processes (bench/fcg_busy.py).
 
-    python bench/translate_ab.py --images 26 --size 128 --batch-size 16 --runs 3 --busy 2 [--backends eager,fast]
+    python -m bench.translate_ab --images 26 --size 128 --batch-size 16 --runs 3 --busy 2 [--backends eager,fast]
 
 Makes that many synthetic photos (smooth gradients and noise, PNG) and a random-weight 6-block generator
 checkpoint in a temporary folder, then runs `python -m fastcyclegan translate` into a fresh output folder
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fcg_busy import busy_processes
 from PIL import Image
 
+from bench.fcg_busy import busy_processes
 from fastcyclegan import Generator
 
 

@@ -1,11 +1,12 @@
-"""Reading generator checkpoints: a file (PyTorch or safetensors) or a mapping -> the flat state dict of
-tensors inside it, then -> the `GeneratorSpec` that `structure.describe_state` reads off it.
+"""Reading checkpoint files: a file (PyTorch or safetensors) or a mapping -> the flat state dict of tensors
+inside it and the key it was nested under. A pure file reader: what the state dict is (a generator, a
+PatchGAN) is `structure.py`'s and `patchgan.py`'s to say, and `loader.py` puts the two together.
 
 Files are read with `torch.load(weights_only=True)`: a pickle that would import or call anything beyond
 tensors and containers is refused before any of its code runs. A zip entry that inflates to many times its
 stored size is refused before it is read. Checkpoints nested under one key of a dict (`state_dict`, `model`,
 `netG_A`, `G_A2B`, ...) are unwrapped, and the key taken is reported. Nothing the file declares is
-allocated before `structure.describe_state` has checked every shape and count.
+allocated by the loader before `structure.describe_state` has checked every shape and count.
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor
-
-from .patchgan import DiscriminatorSpec, describe_discriminator_state
-from .structure import GeneratorSpec, NotAGenerator, describe_state
 
 log = logging.getLogger("fastcyclegan")
 
@@ -170,32 +168,3 @@ def read_state_dict(source, *, map_location="cpu", key: str | None = None) -> tu
     if taken is not None:
         log.info("checkpoint %s: took the state dict under '%s'", name, taken)
     return dict(state), taken
-
-
-def describe_checkpoint(
-    source, *, map_location="cpu", key: str | None = None, network: str = "generator"
-) -> tuple[GeneratorSpec | DiscriminatorSpec, str | None]:
-    """The network a checkpoint holds (network: "generator", a ResNet generator, or "discriminator", a 3-layer
-    PatchGAN) and the key it was nested under; ValueError naming the file and the reason (the layer or key
-    that shows it) for anything the fast modules cannot run."""
-    state, taken = read_state_dict(source, map_location=map_location, key=key)
-    where = describe_source(source) + (f" (under '{taken}')" if taken else "")
-    describe, what = _NETWORKS[network]
-    try:
-        spec = describe(state)
-    except NotAGenerator as err:  # NotAPatchGAN is one too
-        raise ValueError(f"checkpoint {where} is not {what}: it {err}") from err
-    for name, tensor in spec.state.items():  # a diverged training run: every output would be NaN or black
-        bad = int((~torch.isfinite(tensor)).sum())
-        if bad:
-            raise ValueError(
-                f"checkpoint {where} holds non-finite weights: '{name}' has {bad} NaN or infinite values of "
-                f"{tensor.numel()} (a diverged training run?); expected finite numbers"
-            )
-    return spec, taken
-
-
-_NETWORKS = {
-    "generator": (describe_state, "a ResNet generator FastGenerator can run"),
-    "discriminator": (describe_discriminator_state, "a 3-layer PatchGAN discriminator FastDiscriminator can run"),
-}

@@ -1,4 +1,4 @@
-"""Command line: `fastcyclegan report|translate|export ...` (also `python -m fastcyclegan`)."""
+"""Command line: `fastcyclegan translate|export|build-kernel|report ...` (also `python -m fastcyclegan`)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ _NEEDS = {
 
 def missing_extra(command: str) -> str | None:
     """One line naming the extra to install when a module `command` needs is missing, else None."""
+    if command not in _NEEDS:
+        return None
     extra, modules = _NEEDS[command]
     for module in modules:
         try:
@@ -32,7 +34,7 @@ def missing_extra(command: str) -> str | None:
 
 
 def _report(args) -> int:
-    from .report import ReportError, find_result_files, report
+    from .harness.report import ReportError, find_result_files, report
 
     try:
         paths = []
@@ -73,13 +75,27 @@ def _translate(args) -> int:
 
 def _export(args) -> int:
     from .export import export_onnx
+    from .loader import load_generator
 
     try:
-        result = export_onnx(args.checkpoint, args.output, dtype=args.dtype, opset=args.opset, key=args.key)
+        generator = load_generator(args.checkpoint, key=args.key)
+        result = export_onnx(generator, args.output, dtype=args.dtype, opset=args.opset)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
         print(f"fastcyclegan export: {err}", file=sys.stderr)
         return 2
     print(result.line())
+    return 0
+
+
+def _build_kernel(args) -> int:
+    from .norm_cpu_build import KernelUnavailable, build
+
+    try:
+        path = build(args.cache_dir)
+    except KernelUnavailable as err:
+        print(f"fastcyclegan build-kernel: {err}", file=sys.stderr)
+        return 2
+    print(f"the CPU norm kernel is built: {path}")
     return 0
 
 
@@ -184,7 +200,10 @@ def _seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="fastcyclegan", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastcyclegan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser(
         "report",
@@ -204,8 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--print", action="store_true", help="also print the markdown table")
     rep.set_defaults(func=_report)
 
-    from .backends import BACKENDS
-    from .runtimes import RUNTIMES
+    from .variants import VARIANTS
 
     tr = sub.add_parser(
         "translate",
@@ -229,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--backend",
         default="fast",
-        choices=[b for b in BACKENDS if b != "tensorrt" and b not in RUNTIMES],  # PyTorch modules only
+        choices=VARIANTS,  # the PyTorch ways to run it (fastcyclegan.variants)
         help="generator backend (default fast)",
     )
     tr.add_argument("--key", default=None, help="which state dict of a checkpoint that holds several (netG_A, a/b)")
@@ -256,6 +274,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or newer (default 18)")
     ex.add_argument("--key", default=None, help="which state dict of a checkpoint that holds several (netG_A, a/b)")
     ex.set_defaults(func=_export)
+
+    bk = sub.add_parser(
+        "build-kernel",
+        help="compile the CPU norm kernel now (images, read-only deployments) instead of at the first CPU norm",
+        epilog="exit status: 0 built (or already there), 2 it cannot be built here (the reason named); the "
+        "modules then run their CPU norms on ATen",
+    )
+    bk.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where to put it (default: $FASTCYCLEGAN_CACHE_DIR, else ~/.cache/fastcyclegan); the process that "
+        "runs the model must find it there (the same variable)",
+    )
+    bk.set_defaults(func=_build_kernel)
     return parser
 
 

@@ -1,8 +1,9 @@
 """FastGenerator's convolutions and the device policy behind them.
 
 Which memory format activations and conv weights take for a device, dtype and network width; the CPU's
-pre-packed oneDNN weights (`onednn.py`); the transposed conv's layout; and convs run without the bias that the
-instance norm after them removes. FastGenerator's forward only walks the network and calls these.
+pre-packed oneDNN weights (`onednn.py`); the transposed conv's layout; convs run without the bias that the
+instance norm after them removes; and where CPU fp32 training runs eager PyTorch's own layers around the convs
+instead of the fused op (`runs_aten_layers`). The fast modules' forwards only walk the network and call these.
 Measurements behind each rule: bench/results/TUNING.md ("CPU path").
 """
 
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import onednn
-from .recording import records_grad
+from .dispatch import plain, records_grad, use_triton
 
 # below this many stem outputs per image (ngf * H * W) the pre-packed channels-last path's fixed cost per
 # layer outweighs what it saves (ngf 8 at 32x32: 1.78x eager's time against 1.32x NCHW; ngf 64 at 32x32:
@@ -97,7 +98,7 @@ def conv_without_bias(conv: nn.Conv2d | nn.ConvTranspose2d, h: Tensor) -> Tensor
     """conv(h) without its bias. Every conv but the head feeds an instance norm, which removes a per-channel
     constant exactly: IN(z + b) = IN(z), affine or not. So the add is wasted work (on cuDNN's channels-last
     path a kernel of its own per conv); the parameter and its key stay, and the norm after the conv gives it
-    its exact gradient, zero (`fast.norm_after`)."""
+    its exact gradient, zero (`fast.norm_site`)."""
     if isinstance(conv, nn.ConvTranspose2d):
         return _transposed(conv, h)
     if _packed(h, conv):
@@ -127,3 +128,41 @@ def _blocked_half(h: Tensor, conv: nn.Conv2d) -> bool:
         return False
     cl = h.is_contiguous(memory_format=torch.channels_last) and conv.padding_mode == "zeros"
     return cl and h.dtype == conv.weight.dtype and onednn.blocked_2x2_fits(conv, h)
+
+
+def runs_aten_layers(z: Tensor, residual: Tensor | None, *parameters: Tensor | None) -> bool:
+    """Whether the norm site on conv output z (with this residual, affine weight and bias, conv bias) runs as
+    eager PyTorch's own differentiable layers (`aten_norm_site`) instead of the fused op: eager autograd on
+    fp32 NCHW-contiguous planes of more than one value that no kernel runs (a CPU). There the op's PyTorch
+    implementation makes the same ATen batch-norm, activation and pad calls as InstanceNorm2d -> ReLU ->
+    ReflectionPad2d, and its backward takes more passes than ATen's (the activation's mask recomputed, the
+    pad's gradient folded in Python): a CycleGAN iteration ran 1.04-1.12x eager's time (bench/results/TUNING.md)."""
+    tensors = (z, residual, *parameters)
+    fp32 = all(t is None or t.dtype == torch.float32 for t in tensors)
+    planes = z.shape[2] * z.shape[3] > 1  # ATen's instance norm refuses 1x1 planes in training; the op takes them
+    if not (fp32 and planes and z.is_contiguous() and not use_triton(z)):
+        return False
+    return plain(*tensors) and records_grad(*tensors)
+
+
+def aten_norm_site(
+    z: Tensor, residual, weight, bias, conv_bias, *, relu: bool, negative_slope: float, eps: float, pad: int
+) -> tuple[Tensor, Tensor]:
+    """(the site's output padded by `pad`, the same unpadded) by the ATen layers eager PyTorch runs, differentiated
+    by ATen's own backwards: instance norm (one (1, N*C, H, W) batch norm, as the op's CPU forward), the
+    activation in place (the batch norm's backward does not read its output), the residual add, the reflection
+    pad. Outputs equal the fused op's; gradients equal its formula's to fp32 rounding. The conv bias joins the
+    norm's shift multiplied by zero: it adds exactly nothing and gets its exact gradient, zero (DDP needs one).
+    The unpadded tensor is handed back for the next residual: a slice of the padded one would take a zero
+    fill and a copy of the whole padded tensor in its gradient, twice."""
+    if conv_bias is not None:
+        zero = conv_bias * 0.0
+        bias = zero if bias is None else bias + zero
+    y = F.instance_norm(z, weight=weight, bias=bias, eps=eps)
+    if relu and negative_slope:
+        y = F.leaky_relu(y, negative_slope, inplace=True)
+    elif relu:
+        y = F.relu(y, inplace=True)
+    if residual is not None:
+        y = y + residual
+    return (F.pad(y, (pad,) * 4, mode="reflect") if pad else y), y

@@ -1,15 +1,16 @@
-"""ONNX export of any generator the loader accepts, checked before a byte is written.
+"""ONNX export of any generator module the loader makes or FastGenerator converts, checked before a byte is
+written.
 
-`export_onnx(source, path)` takes a checkpoint (file or state dict: the public layout, affine norms, other
-names, nested, safetensors) or a module (a `Generator`, a `FastGenerator`, or any ResNet generator
-`describe_module` recognises) and writes an ONNX file, opset 18 or newer, fp32 or fp16, with dynamic batch,
-height and width. The graph is the reference's: Conv, InstanceNormalization, Relu, Add, ConvTranspose, Tanh
-and Pad(mode="reflect") where the paper pads; a FastGenerator's fused op is lowered to exactly those nodes
-through the exporter's translation table (`onnx_translation_table`). Before the file is written the model is
-checked by `onnx.checker`, its pads are checked to be the reference's reflection pads and its norms' scales
-and biases to be constants (TensorRT's parser requires it), and, where onnxruntime
-is installed, it is run on PARITY_SEEDS inputs at two batch sizes and two image sizes and held to the parity
-rule (`fastcyclegan.measure`) against the reference module in float64. Needs the `onnx` extra.
+`export_onnx(module, path)` takes a `Generator`, a `FastGenerator` or any ResNet generator `describe_module`
+recognises (a checkpoint goes through `fastcyclegan.load_generator` first, as `fastcyclegan export` does) and
+writes an ONNX file, opset 18 or newer, fp32 or fp16, with dynamic batch, height and width. The graph is the
+reference's: Conv, InstanceNormalization, Relu, Add, ConvTranspose, Tanh and Pad(mode="reflect") where the
+paper pads; a FastGenerator's fused op is lowered to exactly those nodes through the exporter's translation
+table (`fastcyclegan.ops_onnx`). Before the file is written the model is checked by `onnx.checker`, its pads
+are checked to be the reference's reflection pads and its norms' scales and biases to be constants
+(TensorRT's parser requires it), and, where onnxruntime is installed, it is run on PARITY_SEEDS inputs at two
+batch sizes and two image sizes and held to the parity rule (`fastcyclegan.parity`) against the reference
+module in float64. Needs the `onnx` extra.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ import torch
 from torch import nn
 
 from .fast import FastGenerator
-from .loader import load_generator
-from .measure import PARITY_SEEDS, Parity, parity
+from .ops_onnx import onnx_translation_table
+from .parity import PARITY_SEEDS, Parity, parity
+from .recognition import NotConvertible
 from .reference import Generator
-from .structure import NotAGenerator, describe_module
+from .structure import describe_module
 
 MIN_OPSET = 18  # the exporter's default, and the oldest opset this project has run its checks on
 EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -66,54 +68,20 @@ class ExportResult:
         )
 
 
-def _lowered_instance_norm(x, residual, weight, bias, relu, eps, pad, conv_bias=None, negative_slope=0.0):
-    """`fastcyclegan::instance_norm` as ONNX nodes (onnxscript, traced by the exporter): InstanceNormalization,
-    then Relu or LeakyRelu, then Add of the residual, then Pad(mode="reflect"); the op's order. The op's
-    second and third outputs (per-plane mean and rstd, kept for its backward) are computed for the graph's
-    types and removed by the exporter's optimizer, since nothing reads them. conv_bias is not read (the
-    norm removes it)."""
-    from onnxscript import opset18 as op
-
-    channels = op.Shape(x, start=1, end=2)
-    if weight is None:  # InstanceNormalization takes a scale and a bias: ones and zeros, one per channel
-        weight = op.Expand(op.CastLike(op.Constant(value_float=1.0), x), channels)
-        bias = op.Expand(op.CastLike(op.Constant(value_float=0.0), x), channels)
-    else:
-        weight, bias = op.CastLike(weight, x), op.CastLike(bias, x)
-    y = op.InstanceNormalization(x, weight, bias, epsilon=eps)
-    if relu:
-        y = op.LeakyRelu(y, alpha=negative_slope) if negative_slope else op.Relu(y)
-    if residual is not None:
-        y = op.Add(y, residual)
-    if pad:
-        y = op.Pad(y, op.Constant(value_ints=[0, 0, pad, pad, 0, 0, pad, pad]), mode="reflect")
-    planes = op.Cast(x, to=1)  # fp32 statistics, (N, C)
-    axes = op.Constant(value_ints=[2, 3])
-    mean = op.ReduceMean(planes, axes, keepdims=1)
-    centred = op.Sub(planes, mean)
-    variance = op.ReduceMean(op.Mul(centred, centred), axes, keepdims=0)
-    rstd = op.Reciprocal(op.Sqrt(op.Add(variance, op.Constant(value_float=eps))))
-    return y, op.ReduceMean(planes, axes, keepdims=0), rstd
-
-
-def onnx_translation_table() -> dict:
-    """`custom_translation_table` for `torch.onnx.export(..., dynamo=True)` of modules that call the fused op
-    (FastGenerator, FastDiscriminator): the op becomes the standard ONNX nodes of the reference."""
-    return {torch.ops.fastcyclegan.instance_norm.default: _lowered_instance_norm}
-
-
-def _generator(source, key: str | None) -> tuple[nn.Module, Generator]:
-    """(the module to export, the reference Generator with the source's weights) for a module or a checkpoint;
-    two objects, so casting the first to the file's dtype leaves the reference's weights as they were."""
-    if isinstance(source, nn.Module):
-        try:
-            spec = describe_module(source)
-        except NotAGenerator as err:
-            raise ValueError(f"cannot export {type(source).__name__}: it {err}") from err
-        reference = spec.build(Generator)
-    else:
-        reference = load_generator(source, key=key)
-    return copy.deepcopy(source if isinstance(source, FastGenerator) else reference), reference
+def _generator(module: nn.Module) -> tuple[nn.Module, Generator]:
+    """(the module to export, the reference Generator with its weights): two objects, so casting the first to
+    the file's dtype leaves the reference's weights as they were."""
+    if not isinstance(module, nn.Module):
+        raise ValueError(
+            f"export_onnx takes a generator module, got {type(module).__name__} (for a checkpoint file: "
+            "fastcyclegan.load_generator(path), or `fastcyclegan export` on the command line)"
+        )
+    try:
+        spec = describe_module(module)
+    except NotConvertible as err:
+        raise ValueError(f"cannot export {type(module).__name__}: it {err}") from err
+    reference = spec.build(Generator)
+    return copy.deepcopy(module if isinstance(module, FastGenerator) else reference), reference
 
 
 def _check_arguments(path: Path, dtype: str, opset: int) -> None:
@@ -145,14 +113,14 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def onnx_model(source, *, dtype: str = "fp32", opset: int = MIN_OPSET, key: str | None = None):
-    """(the onnx ModelProto of `source`, checked, and the reference Generator it must match). No file."""
+def onnx_model(module: nn.Module, *, dtype: str = "fp32", opset: int = MIN_OPSET):
+    """(the onnx ModelProto of `module`, checked, and the reference Generator it must match). No file."""
     try:
         import onnx
         import onnxscript  # noqa: F401  (the dynamo exporter's dependency)
     except ImportError as err:
         raise ImportError(f"ONNX export needs onnx and onnxscript: pip install 'fastcyclegan[onnx]' ({err})") from err
-    module, reference = _generator(source, key)
+    module, reference = _generator(module)
     module = module.to(device="cpu", dtype=EXPORT_DTYPES[dtype]).eval()
     example = torch.zeros(2, module.in_channels, 64, 64, dtype=EXPORT_DTYPES[dtype])  # batch 2: not specialised
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
@@ -238,8 +206,8 @@ def _run_checks(model, reference: Generator, dtype: str) -> tuple[tuple[tuple[in
     return tuple(checks)
 
 
-def export_onnx(source, path, *, dtype: str = "fp32", opset: int = MIN_OPSET, key: str | None = None) -> ExportResult:
-    """Writes `source` (a checkpoint or a generator module; see the module's docstring) to `path` as ONNX.
+def export_onnx(module: nn.Module, path, *, dtype: str = "fp32", opset: int = MIN_OPSET) -> ExportResult:
+    """Writes `module` (a generator module; see the module's docstring) to `path` as ONNX.
 
     Nothing is written unless every check passes: onnx.checker, the reference's reflection pads, and (where
     onnxruntime is installed) the parity rule at CHECK_SHAPES. The file appears whole or not at
@@ -248,7 +216,7 @@ def export_onnx(source, path, *, dtype: str = "fp32", opset: int = MIN_OPSET, ke
     """
     path = Path(path)
     _check_arguments(path, dtype, opset)
-    model, reference = onnx_model(source, dtype=dtype, opset=opset, key=key)
+    model, reference = onnx_model(module, dtype=dtype, opset=opset)
     checks, unchecked = (), None
     if importlib.util.find_spec("onnxruntime") is None:
         unchecked = "onnxruntime is not installed (pip install 'fastcyclegan[onnx]')"

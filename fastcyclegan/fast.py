@@ -14,39 +14,59 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import convs
-from .ops import instance_norm, interior
+from .ops import instance_norm
+from .recognition import NotConvertible
 from .reference import Generator, GeneratorLayout
-from .structure import NotAGenerator, describe_module
+from .structure import describe_module
 
 
 def _reflect(x: Tensor, pad: int) -> Tensor:
     return F.pad(x, (pad, pad, pad, pad), mode="reflect")
 
 
-def norm_after(layers: nn.Sequential, conv: int, z: Tensor, **fused) -> Tensor:
-    """The fused norm of the instance norm after layers[conv] (its affine weight and bias and its eps) on
-    that conv's output z, computed without the conv's bias (the norm removes it), with the ReLU, residual add
-    and padding given in `fused`. The bias goes to the op all the same, which gives it its exact gradient,
-    zero: every parameter gets a gradient, as in the reference (DistributedDataParallel needs that)."""
+def norm_site(
+    layers: nn.Sequential,
+    conv: int,
+    z: Tensor,
+    *,
+    residual: Tensor | None = None,
+    relu: bool = False,
+    negative_slope: float = 0.0,
+    pad: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """(output padded by `pad`, the same unpadded) of the instance norm after layers[conv] (its affine weight and
+    bias and its eps) on that conv's output z, computed without the conv's bias (the norm removes it), with
+    the activation, residual add and padding given. The bias goes to the op all the same, which gives it its
+    exact gradient, zero: every parameter gets a gradient, as in the reference (DDP needs that). CPU fp32
+    training runs eager PyTorch's own layers instead (`convs.runs_aten_layers`)."""
     norm = layers[GeneratorLayout.norm_after(conv)]
-    conv_bias = layers[conv].bias
-    return instance_norm(z, weight=norm.weight, bias=norm.bias, conv_bias=conv_bias, eps=norm.eps, **fused)
+    weight, bias, conv_bias = norm.weight, norm.bias, layers[conv].bias
+    fused = dict(relu=relu, negative_slope=negative_slope, eps=norm.eps, pad=pad)
+    if convs.runs_aten_layers(z, residual, weight, bias, conv_bias):
+        return convs.aten_norm_site(z, residual, weight, bias, conv_bias, **fused)
+    out = instance_norm(z, residual, weight=weight, bias=bias, conv_bias=conv_bias, **fused)
+    return out, (out[:, :, pad:-pad, pad:-pad] if pad else out)
+
+
+def norm_after(layers: nn.Sequential, conv: int, z: Tensor, **fused) -> Tensor:
+    """The output of `norm_site`, padded as asked."""
+    return norm_site(layers, conv, z, **fused)[0]
 
 
 def convert(cls: type[nn.Module], module: nn.Module, describe) -> nn.Module:
     """`cls` built from what `describe(module)` reads off it, on the module's device, in its dtype and train/eval
-    mode; ValueError naming the reason (the layer that shows it) when `describe` raises NotAGenerator."""
+    mode; ValueError naming the reason (the layer that shows it) when `describe` raises NotConvertible."""
     try:
         spec = describe(module)
-    except NotAGenerator as err:  # NotAPatchGAN is one too
+    except NotConvertible as err:  # NotAGenerator, NotAPatchGAN
         raise ValueError(f"cannot convert {type(module).__name__} to {cls.__name__}: it {err}") from err
     first = next(iter(spec.state.values()))
     return spec.build(cls).to(device=first.device, dtype=first.dtype).train(module.training)
 
 
-def _conv_norm(layers: nn.Sequential, conv: int, h: Tensor, **fused) -> Tensor:
-    """layers[conv](h), bias-free, through the fused norm after it (`norm_after`)."""
-    return norm_after(layers, conv, convs.conv_without_bias(layers[conv], h), **fused)
+def _conv_norm(layers: nn.Sequential, conv: int, h: Tensor, **fused) -> tuple[Tensor, Tensor]:
+    """layers[conv](h), bias-free, through the fused norm after it: (padded, unpadded) as `norm_site`."""
+    return norm_site(layers, conv, convs.conv_without_bias(layers[conv], h), **fused)
 
 
 def min_input_size(num_blocks: int) -> int:
@@ -129,7 +149,7 @@ class FastGenerator(Generator):
         """relu(IN(stem(reflect(x, 3)))): the activations take their layout here (`convs.activation_format`)."""
         stem = self.model[self.layout.stem]
         h = _reflect(x, 3).contiguous(memory_format=convs.activation_format(x, stem))
-        return _conv_norm(self.model, self.layout.stem, h, relu=True)
+        return _conv_norm(self.model, self.layout.stem, h, relu=True)[0]
 
     def _head(self, head: nn.Conv2d, h: Tensor) -> Tensor:
         """head(h), with its bias."""
@@ -142,16 +162,14 @@ class FastGenerator(Generator):
         # before it (pad=...), so no activation takes a separate padding pass (or, on CUDA, ATen's
         # NCHW-only reflection pad and the layout copies around it).
         h = self._stem(x)
-        h = _conv_norm(m, at.down[0], h, relu=True)
-        h = _conv_norm(m, at.down[1], h, relu=True, pad=1 if at.num_blocks else 0)
+        h, _ = _conv_norm(m, at.down[0], h, relu=True)
+        h, inner = _conv_norm(m, at.down[1], h, relu=True, pad=1 if at.num_blocks else 0)
         first, second = at.block_convs
-        for b in at.blocks:  # h: the block input, reflection-padded by 1
+        for b in at.blocks:  # h: the block input reflection-padded by 1, inner the same unpadded
             block = m[b].conv_block
-            t = _conv_norm(block, first, h, relu=True, pad=1)
-            h = _conv_norm(block, second, t, residual=interior(h, 1), pad=1)
-        if at.num_blocks:
-            h = interior(h, 1)
-        h = _conv_norm(m, at.up[0], h, relu=True)
-        h = _conv_norm(m, at.up[1], h, relu=True, pad=3)
+            t, _ = _conv_norm(block, first, h, relu=True, pad=1)
+            h, inner = _conv_norm(block, second, t, residual=inner, pad=1)
+        h, _ = _conv_norm(m, at.up[0], inner, relu=True)
+        h, _ = _conv_norm(m, at.up[1], h, relu=True, pad=3)
         out = torch.tanh(self._head(m[at.head], h))
         return out.contiguous()  # the reference returns NCHW whatever the input layout (its norms do)

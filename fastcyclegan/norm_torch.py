@@ -1,10 +1,6 @@
-"""The PyTorch implementation of the fused instance norm: the contract of `fastcyclegan.kernels` (the same
-functions, arguments and outputs), for CPUs without Triton's interpreter and for float64 everywhere.
-
-    instance_norm_forward(x, residual, out, *, weight, bias, relu, eps) -> (mean, rstd), writes out
-    instance_norm_backward(dy, x, mean, rstd, *, weight, bias, relu) -> (dx, sum of g, sum of g * xhat)
-
-The maths is the kernels' (their module docstring). Statistics accumulate in fp32 (fp64 for fp64 x) and never
+"""The PyTorch implementation of the fused instance norm (`fastcyclegan.norm_contract`): for float64
+everywhere, and on a CPU for what the C kernel does not run (fp16, a disabled or missing kernel, the
+backward without an activation or channels-last). Statistics accumulate in fp32 (fp64 for fp64 x) and never
 lose digits to |mean| >> std; every path is one batched computation for all (N, C) planes (no loop over
 images or planes). Outputs go straight into `out` where its layout allows.
 """
@@ -14,9 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .layout import memory_format_of, mirrored, stats_dtype
-
-CL = torch.channels_last
+from .layout import mirrored, stats_dtype
 
 
 def _batch_norm_planes(z: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
@@ -84,21 +78,16 @@ def _two_pass_channels_last(z: Tensor, x: Tensor, weight, bias, eps: float, whol
     return mean, rstd
 
 
-def _normalize_into(z: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
-    """Writes IN(x) * weight + bias into z (x's shape, the statistics' dtype, any strides); returns the
-    (N, C) mean and rstd. For any layout of x.
-
-    As in the kernels, the statistics are of values shifted by each plane's first element, so |mean| >> std
-    keeps its digits: z = x - x[n, c, 0, 0], then ATen's var_mean, a Welford reduction over every plane at
-    once in any layout, then one affine pass in place: z * scale + (beta - mean_z * scale), whose terms are all
-    of the order of the plane's spread.
-    """
-    anchor = x[:, :, :1, :1].to(z.dtype)
-    torch.sub(x, anchor, out=z)
-    var, mean_z = torch.var_mean(z, dim=(2, 3), unbiased=False)
-    rstd, scale, shift = _transform(mean_z, var, weight, bias, eps)
-    torch.addcmul(shift[:, :, None, None], z, scale[:, :, None, None], out=z)
-    return mean_z + anchor[:, :, 0, 0], rstd
+def _single_value_planes(z: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float):
+    """1x1 planes (no H*W > 1 path takes them: ATen's batch norm and sums want more than one value): each value
+    is its plane's mean, so IN(x) = 0 and z holds the shift (bias, or 0), rstd as `_transform` gives it for a
+    variance of 0. (x - mean) * scale keeps NaN and infinity as NaN, as the other paths do."""
+    mean = x.reshape(x.shape[:2]).to(z.dtype)
+    zero = torch.zeros_like(mean)
+    rstd, scale, shift = _transform(zero, zero, weight, bias, eps)  # of the centred values, whose mean is 0
+    centred = x.to(z.dtype) - mean[:, :, None, None]
+    torch.addcmul(shift[:, :, None, None], centred, scale[:, :, None, None], out=z)
+    return mean, rstd
 
 
 def fill_reflect_border(y: Tensor, pad: int) -> Tensor:
@@ -137,15 +126,15 @@ def instance_norm_forward(
     pad = (out.shape[2] - h) // 2
     interior = out[:, :, pad : pad + h, pad : pad + w]
     with torch.autocast(x.device.type, enabled=False):  # outputs in x's dtype, as the op promises
-        if x.is_contiguous() and h * w > 1:
+        if h * w == 1:
+            z = interior if out.dtype == dtype else torch.empty_like(x, dtype=dtype)
+            mean, rstd = _single_value_planes(z, x, weight, bias, eps)
+        elif x.is_contiguous():
             z = interior if interior.is_contiguous() and out.dtype == dtype else torch.empty_like(x, dtype=dtype)
             mean, rstd = _batch_norm_planes(z, x, weight, bias, eps)
-        elif h * w > 1 and x.is_contiguous(memory_format=torch.channels_last) and memory_format_of(out) == CL:
+        else:  # channels-last (`layout.plane_layout` gives nothing else), out in x's memory format
             z = interior if out.dtype == dtype else torch.empty_like(x, dtype=dtype)
             mean, rstd = _two_pass_channels_last(z, x, weight, bias, eps, out if z is interior else z, pad)
-        else:
-            z = interior if out.dtype == dtype else torch.empty_like(x, dtype=dtype)
-            mean, rstd = _normalize_into(z, x, weight, bias, eps)
         if relu and negative_slope:
             torch.nn.functional.leaky_relu_(z, negative_slope)  # keeps NaN
         elif relu:

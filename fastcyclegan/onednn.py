@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .recording import records_grad
+from .dispatch import records_grad
 
 
 @functools.cache

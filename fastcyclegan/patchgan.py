@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from .recognition import NotConvertible, check_tensor, strip_wrappers, unwrap
 from .reference import Discriminator
-from .structure import NotAGenerator, check_tensor, strip_wrappers, unwrap
 
 SLOPE = 0.2
 _STRIDES = (2, 2, 2, 1, 1)
 
 
-class NotAPatchGAN(NotAGenerator):
+class NotAPatchGAN(NotConvertible):
     """The module or state dict is no PatchGAN FastDiscriminator runs; the message says why."""
 
 
@@ -127,14 +127,14 @@ def describe_discriminator_state(state: Mapping[str, Tensor]) -> DiscriminatorSp
         weight = flat.get(key)
         if weight is None:
             raise NotAPatchGAN(f"has no '{key}'")
-        check_tensor(key, weight)
+        check_tensor(key, weight, NotAPatchGAN)
         if tuple(weight.shape) != shape:
             raise NotAPatchGAN(
                 f"does not fit a PatchGAN with ndf={ndf}: '{key}' is {tuple(weight.shape)}, expected {shape}"
             )
         bias = flat.get(f"model.{index}.bias")
         bias = weight.new_zeros(shape[0]) if bias is None else bias
-        check_tensor(f"model.{index}.bias", bias)
+        check_tensor(f"model.{index}.bias", bias, NotAPatchGAN)
         if tuple(bias.shape) != (shape[0],):
             raise NotAPatchGAN(f"'model.{index}.bias' is {tuple(bias.shape)}, expected ({shape[0]},)")
         out[key], out[f"model.{index}.bias"] = weight, bias
@@ -145,6 +145,6 @@ def describe_discriminator_state(state: Mapping[str, Tensor]) -> DiscriminatorSp
                 if t is None or tuple(t.shape) != (shape[0],):
                     got = None if t is None else tuple(t.shape)
                     raise NotAPatchGAN(f"'{norm_key}' is {got}, expected ({shape[0]},) (an affine norm)")
-                check_tensor(norm_key, t)
+                check_tensor(norm_key, t, NotAPatchGAN)
                 out[norm_key] = t
     return DiscriminatorSpec(in_channels, ndf, affine, out)

@@ -17,16 +17,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
+from .recognition import NotConvertible, check_tensor, strip_wrappers, unwrap
 from .reference import GeneratorLayout
 
 _RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 
 
-class NotAGenerator(ValueError):
+class NotAGenerator(NotConvertible):
     """The state dict or module is not a ResNet generator FastGenerator can run; the message says why."""
 
 
@@ -56,17 +55,6 @@ class GeneratorSpec:
         model = cls(**self.config)
         model.load_state_dict(self.state, strict=True)
         return model
-
-
-def strip_wrappers(key: str) -> str:
-    """A key without the prefixes that DataParallel, DistributedDataParallel and torch.compile add."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key
 
 
 @dataclass
@@ -147,28 +135,6 @@ def _canonical_keys(num_blocks: int) -> list[tuple[str, str]]:
     return pairs
 
 
-# the one rule for the dtype of a weight: what FastGenerator and Generator compute in (float8 and integer
-# tensors are refused, naming the key, before anything else looks at their values)
-WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def check_tensor(key: str, t: Tensor) -> None:
-    if not isinstance(t, Tensor):
-        raise NotAGenerator(f"holds a {type(t).__name__} under '{key}', not a tensor")
-    if t.is_meta or t.layout != torch.strided:
-        raise NotAGenerator(f"holds a {'meta' if t.is_meta else str(t.layout)} tensor under '{key}', not weights")
-    if t.dtype not in WEIGHT_DTYPES:
-        raise NotAGenerator(
-            f"holds a {t.dtype} tensor under '{key}'; weights are float16, bfloat16, float32 or float64 "
-            "(what the generator computes in)"
-        )
-    if any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape)):
-        raise NotAGenerator(
-            f"holds an expanded tensor under '{key}' (shape {tuple(t.shape)} over {t.untyped_storage().nbytes()} "
-            "bytes, stride 0): a checkpoint that declares more than it stores"
-        )
-
-
 def _natural(prefix: str) -> list:
     """Sort key reading the numbers in a module path as numbers: model.2 before model.10."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", prefix)]
@@ -201,7 +167,7 @@ def _match(groups: list[_Group]) -> GeneratorSpec:
     kinds = [kind for _, kind in classified if kind != "stats"]
     for g in groups:
         for name, t in g.tensors.items():
-            check_tensor(g.key(name), t)
+            check_tensor(g.key(name), t, NotAGenerator)
     convs = [g for g, k in zip(groups, kinds) if k == "conv"]
     if not convs:
         raise NotAGenerator(f"has no conv weights (first modules: {[g.prefix for g in groups[:6]]})")
@@ -287,15 +253,6 @@ _REFUSED_LAYERS = {
     nn.UpsamplingBilinear2d: "an upsample + conv decoder; FastGenerator's decoder is transposed convs",
 }
 _ALLOWED_LAYERS = (nn.ReflectionPad2d, nn.Conv2d, nn.ConvTranspose2d, nn.InstanceNorm2d, nn.ReLU, nn.Tanh)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The model inside DataParallel / DistributedDataParallel and torch.compile wrappers."""
-    while True:
-        inner = getattr(module, "module", None) or getattr(module, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return module
-        module = inner
 
 
 def describe_module(module: nn.Module) -> GeneratorSpec:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from . import stopping
-from .backends import DTYPES, build_backend
+from .variants import DTYPES, build_variant
 from .devices import default_device
 from .loader import load_generator
 
@@ -319,7 +319,7 @@ def resolve_device(name: str) -> torch.device:
 class Plan:
     """A checked translation job: the model built, the inputs of this process listed, nothing written."""
 
-    run: object  # backends.Backend
+    run: object  # variants.Variant
     device: torch.device
     dtype: torch.dtype
     size: int
@@ -405,7 +405,7 @@ def plan_translation(
     remove_stale_temporaries(outputs)
     # no example input: only tensorrt compiles ahead of time, and translate does not offer it (an example
     # batch at --size 2048 --batch-size 64 was 3.4 GB allocated for nothing)
-    run = build_backend(backend, generator, device=target, dtype=DTYPES[dtype_name])
+    run = build_variant(backend, generator, device=target, dtype=DTYPES[dtype_name])
     # no more decoding processes than inputs (--workers 64 for 4 images started 64)
     workers = min(min(4, os.cpu_count() or 1) if workers is None else workers, len(todo))
     return Plan(

@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def no_tf32():
     """fp32 comparisons on CUDA with TF32 off; the flags are restored after the test."""
-    from fastcyclegan.measure import tf32_off  # after TRITON_INTERPRET is set above
+    from fastcyclegan.parity import tf32_off  # after TRITON_INTERPRET is set above
 
     with tf32_off():
         yield

@@ -9,8 +9,8 @@ import importlib.util
 import torch
 from torch import nn
 
-from fastcyclegan.measure import PARITY_SEEDS, Parity, parity
-from fastcyclegan.measure import rms_error as rms  # noqa: F401  (the benchmarks' parity measure, re-exported)
+from fastcyclegan.parity import PARITY_SEEDS, Parity, parity
+from fastcyclegan.parity import rms_error as rms  # noqa: F401  (the benchmarks' parity measure, re-exported)
 
 # (atol, rtol) against a float64 reference, for every dtype and every comparison in this suite.
 TOLERANCE = {

@@ -5,8 +5,15 @@ import torch
 from helpers import generator_parity, hide_module
 
 from fastcyclegan import FastGenerator, Generator
-from fastcyclegan.backends import BACKENDS, DEFAULT_BACKENDS, available_backends, build_backend, unavailable_reason
-from fastcyclegan.measure import generator_gflop, parity
+from fastcyclegan.harness.backends import (
+    BACKENDS,
+    DEFAULT_BACKENDS,
+    available_backends,
+    build_backend,
+    unavailable_reason,
+)
+from fastcyclegan.harness.measure import generator_gflop
+from fastcyclegan.parity import parity
 
 # the model as CPU users run it: the op's PyTorch path (the kernels are tested in test_ops.py)
 pytestmark = pytest.mark.usefixtures("torch_fallback")
@@ -97,7 +104,7 @@ def test_a_runtime_without_its_package_says_which_extra(monkeypatch):
 
 
 def test_openvino_in_bf16_runs_where_the_cpu_has_native_bf16():
-    from fastcyclegan.runtimes import _openvino_capabilities
+    from fastcyclegan.harness.runtimes import _openvino_capabilities
 
     if "BF16" not in _openvino_capabilities():
         assert "no native bf16" in unavailable_reason("openvino", CPU, dtype=torch.bfloat16)

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from fastcyclegan.cli import main
-from fastcyclegan.measure import GENERATOR_SUITE
-from fastcyclegan.report import CSV_COLUMNS, ReportError, find_result_files, report
+from fastcyclegan.harness.measure import GENERATOR_SUITE
+from fastcyclegan.harness.report import CSV_COLUMNS, ReportError, find_result_files, report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
@@ -253,11 +253,8 @@ def test_csv_dash_is_standard_output(suite_json, tmp_path, capsys, monkeypatch):
 
 def _bench_matrix(**options):
     """bench/fcg_matrix.matrix() on a stand-in for pytest's config with these options (defaults otherwise)."""
-    import importlib.util
+    from bench import fcg_matrix as module
 
-    spec = importlib.util.spec_from_file_location("fcg_matrix", ROOT / "bench" / "fcg_matrix.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     values = {
         "--fcg-device": "cpu",
         "--fcg-backends": None,

@@ -1,24 +1,16 @@
 """The whole CycleGAN iteration of bench/fcg_cycle.py (the `--fcg-mode cycle` benchmark): with FastGenerator
 and FastDiscriminator it follows the reference networks' trajectory."""
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
 import torch
-
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.fixture(scope="module")
 def cycle():
-    """bench/fcg_cycle.py (bench/ is no package: loaded from its file)."""
-    spec = importlib.util.spec_from_file_location("fcg_cycle", BENCH / "fcg_cycle.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fcg_cycle"] = module
-    spec.loader.exec_module(module)
-    return module
+    """bench/fcg_cycle.py."""
+    from bench import fcg_cycle
+
+    return fcg_cycle
 
 
 def _batches(n, size=32, batch=2):

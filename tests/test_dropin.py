@@ -15,7 +15,7 @@ from helpers import PublicResnetGenerator, ThirdPartyGenerator, learned_affine
 from torch import nn
 
 from fastcyclegan import FastGenerator, Generator, load_generator
-from fastcyclegan.measure import rms_error
+from fastcyclegan.parity import rms_error
 
 
 @pytest.fixture(autouse=True)

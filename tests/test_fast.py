@@ -5,8 +5,6 @@ The norms run through the op's PyTorch implementation here, the path CPU users r
 """
 
 import copy
-import importlib.util
-import pathlib
 
 import pytest
 import torch
@@ -232,12 +230,10 @@ def test_cuda_parity_and_reduce_overhead(dtype, no_tf32):
 
 
 def _bench_variants():
-    """bench/fcg_variants.py's VARIANTS (bench/ is no package: loaded from its file)."""
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "fcg_variants.py"
-    spec = importlib.util.spec_from_file_location("fcg_variants", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.VARIANTS
+    """bench/fcg_variants.py's VARIANTS."""
+    from bench.fcg_variants import VARIANTS
+
+    return VARIANTS
 
 
 @pytest.mark.parametrize("variant", ["stem8", "head8", "stem8+head8", "aten-norms"])

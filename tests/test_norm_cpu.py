@@ -1,11 +1,6 @@
 """fastcyclegan.norm_cpu: the C kernel of the fused norm's CPU forward (fp32, NCHW and channels-last) against
 the float64 reference and the PyTorch implementation of the same contract; its build, cache and fallbacks."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 from helpers import reference_instance_norm, to_format
@@ -173,65 +168,3 @@ def test_the_op_runs_the_kernel_in_fp32_and_bf16_and_norm_torch_otherwise(cpu_ke
         assert len(calls) == 3
         ops.instance_norm(x.bfloat16(), pad=1)
     assert len(calls) == 4
-
-
-def _run(code: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env={**os.environ, **env}, capture_output=True, text=True
-    )
-
-
-_USE = """
-    import warnings, torch
-    from fastcyclegan import norm_cpu, ops
-    warnings.simplefilter("always")
-    x = torch.randn(2, 4, 6, 6)
-    with torch.no_grad():
-        y = ops.instance_norm(x, relu=True, pad=1)
-    expected = torch.nn.functional.pad(torch.nn.functional.instance_norm(x).relu(), (1,) * 4, mode="reflect")
-    torch.testing.assert_close(y, expected)
-    print("kernel" if norm_cpu.library() is not None else "aten")
-"""
-
-
-def test_without_a_compiler_the_norms_run_on_aten_with_one_warning_naming_why(tmp_path):
-    done = _run(_USE, {"CC": str(tmp_path / "no-such-cc"), "FASTCYCLEGAN_CACHE_DIR": str(tmp_path)})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["aten"]
-    assert done.stderr.count("RuntimeWarning") == 1 and "no C compiler" in done.stderr, done.stderr
-
-
-def test_a_compile_error_is_named_and_falls_back(tmp_path):
-    broken = tmp_path / "cc"
-    broken.write_text("#!/bin/sh\necho 'error: this compiler is broken' >&2\nexit 1\n")
-    broken.chmod(0o755)
-    done = _run(_USE, {"CC": str(broken), "FASTCYCLEGAN_CACHE_DIR": str(tmp_path)})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["aten"] and "this compiler is broken" in done.stderr, done.stderr
-    assert not list(tmp_path.glob("*.so")), "a failed build left a file in the cache"
-
-
-def test_the_environment_switch_turns_it_off(tmp_path):
-    done = _run(_USE, {"FASTCYCLEGAN_CPU_KERNEL": "0", "FASTCYCLEGAN_CACHE_DIR": str(tmp_path)})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["aten"] and "RuntimeWarning" not in done.stderr
-    assert not list(tmp_path.iterdir())  # nothing compiled
-
-
-def test_the_build_is_cached_per_source_and_machine(cpu_kernel, tmp_path):
-    first = norm_cpu.build(tmp_path)
-    stamp = first.stat().st_mtime_ns
-    assert norm_cpu.build(tmp_path) == first and first.stat().st_mtime_ns == stamp  # not compiled again
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
-    done = _run(_USE, {"FASTCYCLEGAN_CACHE_DIR": str(tmp_path)})
-    assert done.returncode == 0 and done.stdout.split() == ["kernel"], done.stderr
-    assert first.stat().st_mtime_ns == stamp
-
-
-def test_a_cached_library_others_could_have_written_is_not_loaded(cpu_kernel, tmp_path):
-    built = norm_cpu.build(tmp_path)
-    built.chmod(0o777)  # world-writable: anyone could have replaced it
-    with pytest.raises(norm_cpu.KernelUnavailable, match="writable by others"):
-        norm_cpu.build(tmp_path)
-    done = _run(_USE, {"FASTCYCLEGAN_CACHE_DIR": str(tmp_path)})
-    assert done.returncode == 0 and done.stdout.split() == ["aten"] and "refusing to load" in done.stderr

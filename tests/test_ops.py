@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fastcyclegan.kernels import instance_norm_backward, instance_norm_forward, plan
 from helpers import assert_close, reference_instance_norm, to_format
 
-from fastcyclegan import norm_cpu, ops
+from fastcyclegan import convs, norm_cpu, ops
 from fastcyclegan.layout import fold_reflect_pad, padded_empty
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -414,11 +414,11 @@ def test_eager_autograd_takes_no_dispatch_and_equals_the_registered_op(monkeypat
 
 
 @pytest.mark.parametrize("affine, residual, slope", [(False, False, 0.0), (True, True, 0.0), (False, False, 0.2)])
-def test_cpu_fp32_autograd_runs_atens_own_ops_and_equals_the_registered_op(torch_fallback, affine, residual, slope):
-    """fp32 NCHW planes in eager autograd on a CPU run eager PyTorch's differentiable ATen ops: the output
-    equals the registered op's on its PyTorch implementation exactly (the same batch norm; the C kernel's
-    rounds differently, its own test), every gradient to fp32 rounding, the conv bias's
-    is exactly zero, and `ops.interior` hands back the unpadded tensor itself (its gradient takes no slice)."""
+def test_cpu_fp32_training_sites_run_aten_layers_equal_to_the_op(torch_fallback, affine, residual, slope):
+    """The conv policy's rule: fp32 NCHW planes in eager autograd on a CPU run eager PyTorch's differentiable
+    layers (`convs.aten_norm_site`): the output equals the registered op's on its PyTorch implementation
+    exactly (the same batch norm; the C kernel's rounds differently, its own test), every gradient to fp32
+    rounding, the conv bias's is exactly zero, and the unpadded tensor comes back itself (no strided view)."""
     x = torch.randn(2, 5, 6, 7)
     r = torch.randn_like(x) if residual else None
     w, b = (torch.rand(5) + 0.5, torch.randn(5)) if affine else (None, None)
@@ -429,11 +429,10 @@ def test_cpu_fp32_autograd_runs_atens_own_ops_and_equals_the_registered_op(torch
         if via_op:
             with norm_cpu.disabled():
                 y = torch.ops.fastcyclegan.instance_norm(xg, rg, wg, bg, True, 1e-5, 1, cg, slope)[0]
-            assert not ops.interior(y, 1).is_contiguous()  # a view of the op's padded output
         else:
-            y = ops.instance_norm(xg, rg, weight=wg, bias=bg, conv_bias=cg, relu=True, negative_slope=slope, pad=1)
+            assert convs.runs_aten_layers(xg, rg, wg, bg, cg)
+            y, unpadded = convs.aten_norm_site(xg, rg, wg, bg, cg, relu=True, negative_slope=slope, eps=1e-5, pad=1)
             assert type(y.grad_fn).__name__ == "ReflectionPad2DBackward0"
-            unpadded = ops.interior(y, 1)  # the tensor that was padded, not a strided view
             assert unpadded.is_contiguous() and torch.equal(unpadded, y[:, :, 1:-1, 1:-1])
         y.backward(torch.randn_like(y, generator=torch.Generator().manual_seed(1)))
         assert torch.equal(cg.grad, torch.zeros(5))
@@ -441,8 +440,23 @@ def test_cpu_fp32_autograd_runs_atens_own_ops_and_equals_the_registered_op(torch
     assert torch.equal(results[0][0], results[1][0])
     for ours, theirs in zip(*results):
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
-    one_pixel = torch.randn(2, 5, 1, 1, requires_grad=True)  # ATen's instance norm refuses 1x1 planes
-    assert type(ops.instance_norm(one_pixel, relu=True).grad_fn).__name__ == "_EagerAutogradBackward"
+
+
+def test_the_aten_layers_rule_takes_cpu_fp32_nchw_training_only(monkeypatch):
+    """Everything else keeps the fused op: 1x1 planes (ATen's instance norm refuses them), float64, bf16,
+    channels-last, inference, and a model under the Triton kernels."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = torch.randn(2, 5, 6, 7, requires_grad=True)
+    assert convs.runs_aten_layers(x, None)
+    assert not convs.runs_aten_layers(torch.randn(2, 5, 1, 1, requires_grad=True), None)
+    assert not convs.runs_aten_layers(x.double(), None)
+    assert not convs.runs_aten_layers(x.bfloat16(), None)
+    assert not convs.runs_aten_layers(x.contiguous(memory_format=torch.channels_last), None)
+    assert not convs.runs_aten_layers(x, None, torch.randn(5, dtype=torch.float64))
+    with torch.no_grad():
+        assert not convs.runs_aten_layers(x, None)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not convs.runs_aten_layers(x, None)
 
 
 def test_opcheck_backward_op():

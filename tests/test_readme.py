@@ -10,7 +10,7 @@ import time
 
 from helpers import generator_parity
 
-from fastcyclegan.measure import PARITY_FLOOR, PARITY_MEDIAN
+from fastcyclegan.parity import PARITY_FLOOR, PARITY_MEDIAN
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@
  *   out         : the same layout, (h + 2 pad) x (w + 2 pad) planes; may be x itself when pad == 0
  *   weight, bias: NULL or (c,)
  *   mean, rstd  : (n, c), written
- * Built by fastcyclegan/norm_cpu.py with the host's compiler and -fopenmp: loaded into a process where torch
+ * Built by fastcyclegan/norm_cpu_build.py with the host's compiler and -fopenmp: loaded into a process where torch
  * has loaded libgomp, its OpenMP calls use that runtime and its threads.
  */
 #include <math.h>
@@ -315,6 +315,10 @@ static int forward_channels_last(const void *x, void *out, const void *residual,
     free(ab);
     return 0;
 }
+
+/* The version of this file's calling convention: fastcyclegan/norm_cpu_build.py refuses a library that answers
+ * another (or none). Raise it with any change to an exported function's arguments. */
+int fcg_abi_version(void) { return 2; }
 
 /* x, residual and out fp32 (bf16 = 0) or bf16 (bf16 = 1); weight, bias, mean, rstd fp32. Returns 0, or 1
  * when memory for the partial statistics could not be had (nothing meaningful written). */

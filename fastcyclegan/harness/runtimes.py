@@ -1,9 +1,9 @@
 """The deployment runtimes a user would pick instead of PyTorch, as benchmark backends: ONNX Runtime and
-OpenVINO, each running the ONNX file `fastcyclegan.export` makes of the reference generator (the same
-checked export a user would ship), on a CPU, with as many threads as PyTorch uses.
+OpenVINO, each running the ONNX file `fastcyclegan.export` makes of the reference generator (the same checked
+export a user would ship; the registry, `backends`, exports it), on a CPU, with as many threads as PyTorch uses.
 
 `unavailable(name, device, dtype)` says why one cannot run here (package absent, device, dtype);
-`build(name, reference, dtype)` returns a callable that takes and returns torch tensors, so the benchmarks time
+`build(name, model, dtype)` returns a callable that takes and returns torch tensors, so the benchmarks time
 and check it like any other backend (the numpy hand-over is zero-copy for fp32 and inside the timing).
 Only the CPU is wired: ONNX Runtime's CUDA and TensorRT execution providers would need IO binding of CUDA
 tensors, which nobody here could run (no GPU with onnxruntime-gpu); on CUDA they are skipped with that reason.
@@ -19,8 +19,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-
-from .reference import Generator
 
 RUNTIMES = ("onnxruntime", "openvino")
 _PACKAGE = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
@@ -54,12 +52,10 @@ def unavailable(name: str, device: torch.device, dtype: torch.dtype | None = Non
     return None
 
 
-def build(name: str, reference: Generator, dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
-    """A callable running `reference`'s exported ONNX file in runtime `name` on the CPU; call only where
-    `unavailable` is None. Inputs: (N, C, H, W) CPU tensors in `dtype`; outputs the same dtype, NCHW."""
-    from .export import onnx_model
-
-    model, _ = onnx_model(reference, dtype="fp32")
+def build(name: str, model, dtype: torch.dtype) -> Callable[[Tensor], Tensor]:
+    """A callable running `model` (the onnx ModelProto `fastcyclegan.export.onnx_model` made of a generator) in
+    runtime `name` on the CPU; call only where `unavailable` is None. Inputs: (N, C, H, W) CPU tensors in
+    `dtype`; outputs the same dtype, NCHW."""
     threads = torch.get_num_threads()
     if name == "onnxruntime":
         return _onnxruntime(model.SerializeToString(), threads)

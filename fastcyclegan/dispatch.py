@@ -1,0 +1,36 @@
+"""How a call on these tensors is dispatched: whether autograd would record it (`records_grad`), whether it
+may skip PyTorch's dispatcher (`plain`: no compiler tracing, no tensor subclass) and whether the Triton
+kernels run it (`use_triton`). The fast paths that have no backward or no fake implementation (pre-packed or
+blocked conv weights, the op's implementation called directly, eager PyTorch's own layers in CPU training)
+run only where these say they may."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from torch import Tensor
+
+_TRITON = importlib.util.find_spec("triton") is not None
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
+def records_grad(*tensors) -> bool:
+    """Grad mode on and one of the tensors (None skipped) requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def plain(*tensors) -> bool:
+    """Plain tensors or parameters (no fake or functional subclass, None skipped), no compiler tracing: an
+    op's implementation may run without its dispatch."""
+    return not torch.compiler.is_compiling() and all(t is None or type(t) in _PLAIN_TYPES for t in tensors)
+
+
+def use_triton(x: Tensor) -> bool:
+    """Whether x goes through the Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1; never float64)."""
+    if x.dtype == torch.float64 or not _TRITON:
+        return False
+    if x.device.type == "cuda":
+        return True
+    return x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
