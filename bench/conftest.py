@@ -4,6 +4,9 @@ Defaults depend on the device: on CUDA the full matrix that the project reports 
 bf16 and fp32, every available backend); on a CPU a small matrix that finishes in minutes on 2 cores (batch
 1; bf16 only where the CPU runs it natively). The run says at its start what it chose and why, prints a line
 as each case finishes, and keeps what finished if it is stopped (bench/fcg_progress.py).
+A peer (eager_cl, compiled, tensorrt, onnxruntime, openvino) that fails the parity gate is a result: its line
+says so, the saved JSON keeps it (`fastcyclegan_untimed`, with skipped and failed cases) and the report shows
+it; only this project's own backends failing parity fail the run.
 `--fcg-smoke` shrinks everything so CI can run the files and keep them working.
 """
 
@@ -17,6 +20,7 @@ import torch
 
 from bench.fcg_matrix import bench_device, default_dtypes, matrix
 from bench.fcg_progress import ProgressSaver, case_line
+from bench.fcg_results import UNTIMED, record_untimed, untimed
 from fastcyclegan.harness.backends import DEFAULT_BACKENDS
 from fastcyclegan.harness.measure import ceilings, device_facts
 from fastcyclegan.parity import tf32_off
@@ -64,6 +68,12 @@ def pytest_addoption(parser):
     )
     group.addoption("--fcg-ngf", type=int, default=64, help="generator width (64 in the paper)")
     group.addoption("--fcg-smoke", action="store_true", help="tiny matrix (32x32, ngf 8, batch 1, fp32) for CI")
+    group.addoption(
+        "--fcg-wide-table",
+        action="store_true",
+        help="also print pytest-benchmark's own table (every timing statistic in microseconds); by default the "
+        "case lines and `fastcyclegan report` summarise the run",
+    )
 
 
 def pytest_configure(config):
@@ -76,6 +86,13 @@ def pytest_configure(config):
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def pytest_sessionstart(session):
+    """pytest-benchmark's wide table off unless --fcg-wide-table (its saving is untouched: `finish` does that)."""
+    bench_session = getattr(session.config, "_benchmarksession", None)
+    if bench_session is not None and not session.config.getoption("--fcg-wide-table"):
+        bench_session.display = lambda terminal: None
 
 
 def pytest_collection_finish(session):
@@ -107,7 +124,10 @@ def pytest_runtest_makereport(item, call):
     status = "passed" if report.passed else "skipped" if report.skipped else "FAILED"
     reason = report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple) else ""
     if report.failed:
-        reason = str(report.longrepr).strip().splitlines()[-1][:200]
+        reason = _failure_reason(report)
+    case, mode = _case_of(item)
+    if case is not None and not report.passed:  # kept with the results: the report names it
+        record_untimed(item.config, mode, case, status.lower(), reason.removeprefix("Skipped: "))
     line = case_line(item.name, status, dict(bench.extra_info) if bench is not None else None, reason)
     problem = item.config._fcg_progress.save()
     if terminal is not None:
@@ -115,6 +135,36 @@ def pytest_runtest_makereport(item, call):
         terminal.write_line(line)
         if problem:
             terminal.write_line(f"fastcyclegan bench: {problem}")
+
+
+def _failure_reason(report) -> str:
+    """The line that says why a case failed: pytest.fail's message, else the exception's last line."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(report.longrepr)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return (lines[0].removeprefix("Failed: ") if lines else "failed")[:300]
+
+
+def _case_of(item) -> tuple[tuple | None, str]:
+    """(the generator case a bench item runs, its mode), or (None, "") for other items (the kernel bench)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    case = next((v for k, v in params.items() if k.endswith("case") and isinstance(v, tuple) and len(v) == 5), None)
+    return case, getattr(item.module, "FCG_MODE", "infer")
+
+
+def pytest_report_teststatus(report, config):
+    """No progress letters: each case's own line says how it ended (a dot or an `s` would glue onto it)."""
+    if report.when == "call" or (report.when == "setup" and report.skipped):
+        if report.passed:
+            return "passed", "", ""
+        if report.skipped:
+            return "skipped", "", ""
+    return None
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """The run's untimed cases (peers that failed parity, skipped and failed cases) go into the saved JSON."""
+    output_json[UNTIMED] = list(untimed(config))
 
 
 @pytest.hookimpl(trylast=True)

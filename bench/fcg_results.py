@@ -1,12 +1,22 @@
-"""How every generator benchmark (inference, training step, CycleGAN iteration) times its call once it has
-passed parity, and the row it stores in pytest-benchmark's extra_info: what `fastcyclegan report` reads."""
+"""How every generator benchmark (inference, training step, CycleGAN iteration) gates on parity, times its
+call once it has passed, and the row it stores in pytest-benchmark's extra_info: what `fastcyclegan report`
+reads. A case that is not timed (a peer that failed the parity gate, a skipped or failed case) is a result
+too: kept in the run's list of untimed cases, which the saved JSON carries as `fastcyclegan_untimed`."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from bench.fcg_matrix import blocks_for
-from fastcyclegan.harness.measure import GENERATOR_SUITE
+from fastcyclegan.harness.measure import GENERATOR_SUITE, UNTIMED_KEY, device_facts
+
+# this project's own backends: failing parity is a bug here (the case fails); any other backend is a peer whose
+# parity failure is a result to report (recorded, not timed)
+OWN_BACKENDS = ("fast", "fast_compiled")
+UNTIMED = UNTIMED_KEY  # the key of the untimed cases in the saved JSON
 
 
 def time_and_record(benchmark, call, *, warmup: int, rounds: int, **row) -> None:
@@ -57,3 +67,48 @@ def record_generator_result(
         median = benchmark.stats.stats.median
         info.update(ms_per_batch=median * 1e3, img_per_s=batch / median, tflop_s=gflop * batch / median / 1e3)
     benchmark.extra_info.update(info)
+
+
+def parity_gate(benchmark, config, check, *, mode: str, case: tuple, what: str) -> bool:
+    """True where the case passed the parity rule. A peer that failed is recorded as a result ("failed parity",
+    with its error against eager's) and not timed: False. This project's own backends fail the case."""
+    if check.passed:
+        return True
+    backend, dtype_name = case[0], case[3]
+    if backend.split(":")[0] in OWN_BACKENDS:
+        pytest.fail(f"{backend} {what} in {dtype_name} failed parity: {check}; not timed")
+    ratio = check.error / check.reference_error if check.reference_error > 0 else math.inf
+    reason = f"failed the parity gate: {ratio:.1f}x eager's error against float64, not timed ({check})"
+    record_untimed(config, mode, case, "failed parity", reason, parity=check)
+    benchmark.extra_info["untimed"] = reason
+    benchmark.skipped = True  # deliberately not timed: no "fixture not used" warning
+    return False
+
+
+def record_untimed(config, mode: str, case: tuple, status: str, reason: str, parity=None) -> None:
+    """Adds one untimed case (status "failed parity", "skipped" or "failed") to the run's list."""
+    from bench.fcg_matrix import bench_device
+
+    backend, size, batch, dtype_name, norm = case
+    row = {
+        "suite": GENERATOR_SUITE,
+        "status": status,
+        "reason": reason[:500],
+        "mode": mode,
+        "backend": backend,
+        "size": size,
+        "batch": batch,
+        "dtype": dtype_name,
+        "norm": norm,
+        "device": device_facts(bench_device(config))["device"],
+    }
+    if parity is not None:
+        row.update(parity_err=parity.error, parity_ref_err=parity.reference_error)
+    untimed(config).append(row)
+
+
+def untimed(config) -> list[dict]:
+    """The run's untimed cases so far (kept on the pytest config)."""
+    if not hasattr(config, "_fcg_untimed"):
+        config._fcg_untimed = []
+    return config._fcg_untimed

@@ -19,11 +19,12 @@ import torch
 
 from bench.fcg_cycle import BACKENDS, build, gradients, iteration, reference_networks
 from bench.fcg_matrix import blocks_for, generator_cases, matrix
-from bench.fcg_results import time_and_record
+from bench.fcg_results import parity_gate, time_and_record
 from fastcyclegan.harness.backends import DTYPES
 from fastcyclegan.harness.measure import generator_gflop, synchronize
 from fastcyclegan.parity import PARITY_SEEDS, parity
 
+FCG_MODE = "cycle"  # what bench/conftest.py records for this module's untimed cases
 WARMUP_ITERATIONS = 2
 
 
@@ -41,7 +42,7 @@ def _batch(size, batch, device, seed):
     return tuple((torch.rand(batch, 3, size, size, generator=data) * 2 - 1).to(device) for _ in "AB")
 
 
-def test_cycle_iteration(benchmark, cycle_case, fcg, device_info):
+def test_cycle_iteration(benchmark, cycle_case, fcg, device_info, pytestconfig):
     backend_name, size, batch, dtype_name, _norm = cycle_case
     device, dtype, ngf = fcg["device"], DTYPES[dtype_name], fcg["ngf"]
     if backend_name == "compiled" and device.type == "cpu" and dtype != torch.float32:
@@ -58,8 +59,8 @@ def test_cycle_iteration(benchmark, cycle_case, fcg, device_info):
     same = [gradients(eager, a, b, dtype) for a, b in seeds]
     expected = [gradients(exact, a.double(), b.double(), torch.float64) for a, b in seeds]
     check = parity(ours, same, expected)
-    if not check.passed:
-        pytest.fail(f"{backend_name} cycle iteration in {dtype_name} failed gradient parity: {check}; not timed")
+    if not parity_gate(benchmark, pytestconfig, check, mode="cycle", case=cycle_case, what="cycle iteration"):
+        return
 
     real_a, real_b = seeds[0]
 

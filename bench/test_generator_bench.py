@@ -2,7 +2,8 @@
 
 Each case builds its backend from one reference Generator (seeded weights), compiles it on its first call
 (timed apart as compile seconds), checks its output against the reference run in float64 under the parity
-rule of fastcyclegan.measure (several seeds' inputs), and only then times it: median of `rounds` synchronized
+rule of fastcyclegan.parity (several seeds' inputs; a peer that fails it is recorded, not timed), and only
+then times it: median of `rounds` synchronized
 calls on the first seed's input.
 """
 
@@ -17,11 +18,12 @@ import torch
 
 from bench.fcg_matrix import blocks_for, generator_cases, matrix
 from bench.fcg_models import reference
-from bench.fcg_results import time_and_record
+from bench.fcg_results import parity_gate, time_and_record
 from fastcyclegan.harness.backends import DTYPES, build_backend, unavailable_reason
 from fastcyclegan.harness.measure import generator_gflop, synchronize
 from fastcyclegan.parity import PARITY_SEEDS, parity
 
+FCG_MODE = "infer"  # what bench/conftest.py records for this module's untimed cases
 WARMUP_CALLS = 3
 
 
@@ -47,7 +49,7 @@ def _expected(size: int, batch: int, dtype_name: str, ngf: int, norm: str, devic
     return inputs, expected, same_dtype
 
 
-def test_generator(benchmark, case, fcg, device_info):
+def test_generator(benchmark, case, fcg, device_info, pytestconfig):
     backend_name, size, batch, dtype_name, norm = case
     device, dtype, ngf = fcg["device"], DTYPES[dtype_name], fcg["ngf"]
     reason = unavailable_reason(backend_name, device, dtype=dtype)
@@ -70,8 +72,8 @@ def test_generator(benchmark, case, fcg, device_info):
     compile_s = time.perf_counter() - start if backend.compile_mode else 0.0
     outputs += [forward(x).clone() for x in prepared[1:]]
     check = parity(outputs, same_dtype, expected)
-    if not check.passed:
-        pytest.fail(f"{backend_name} in {dtype_name} failed parity: {check}; not timed")
+    if not parity_gate(benchmark, pytestconfig, check, mode="infer", case=case, what="inference"):
+        return
     gflop = generator_gflop(size, blocks_for(size), ngf)
     time_and_record(
         benchmark,

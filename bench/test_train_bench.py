@@ -20,11 +20,12 @@ import torch
 
 from bench.fcg_matrix import blocks_for, generator_cases, matrix
 from bench.fcg_models import reference
-from bench.fcg_results import time_and_record
+from bench.fcg_results import parity_gate, time_and_record
 from fastcyclegan.harness.backends import DTYPES, build_backend, unavailable_reason
 from fastcyclegan.harness.measure import generator_gflop, synchronize
 from fastcyclegan.parity import PARITY_SEEDS, parity
 
+FCG_MODE = "train"  # what bench/conftest.py records for this module's untimed cases
 WARMUP_STEPS = 2
 TRAIN_BACKENDS = ("eager", "compiled", "fast", "fast_compiled")
 
@@ -63,7 +64,7 @@ def _inputs(size, batch, device, seed):
     return x.to(device), target.to(device)
 
 
-def test_train_step(benchmark, train_case, fcg, device_info):
+def test_train_step(benchmark, train_case, fcg, device_info, pytestconfig):
     backend_name, size, batch, dtype_name, norm = train_case
     device, dtype, ngf = fcg["device"], DTYPES[dtype_name], fcg["ngf"]
     reason = unavailable_reason(backend_name, device, training=True)
@@ -83,8 +84,8 @@ def test_train_step(benchmark, train_case, fcg, device_info):
     same = [_gradients(eager, eager, x, t, device, dtype) for x, t in seeds]
     expected = [_gradients(exact, exact, x.double(), t.double(), device, torch.float32) for x, t in seeds]
     check = parity(ours, same, expected)
-    if not check.passed:
-        pytest.fail(f"{backend_name} training step in {dtype_name} failed gradient parity: {check}; not timed")
+    if not parity_gate(benchmark, pytestconfig, check, mode="train", case=train_case, what="training step"):
+        return
 
     optimizer = torch.optim.Adam(backend.module.parameters(), lr=2e-4, betas=(0.5, 0.999))
     x, target = backend.prepare(seeds[0][0]), seeds[0][1]

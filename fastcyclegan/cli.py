@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from . import stopping
@@ -36,6 +37,7 @@ def missing_extra(command: str) -> str | None:
 def _report(args) -> int:
     from .harness.report import ReportError, find_result_files, report
 
+    started = time.time()
     try:
         paths = []
         for source in args.sources or [Path(".benchmarks")]:
@@ -50,8 +52,15 @@ def _report(args) -> int:
         print(f"fastcyclegan report: skipped {problem}", file=sys.stderr)
     if args.print or not (args.csv or args.markdown or args.plot):
         print(text, end="")
-    for label, path in (("CSV", args.csv), ("markdown", args.markdown), ("plot", args.plot)):
-        if path and str(path) != "-" and Path(path).exists():
+    kernels_csv = args.csv.with_suffix(".kernels.csv") if args.csv and str(args.csv) != "-" else None
+    outputs = (
+        ("CSV", args.csv),
+        ("CSV of the kernel bench", kernels_csv),
+        ("markdown", args.markdown),
+        ("plot", args.plot),
+    )
+    for label, path in outputs:  # what this run wrote (the kernels' CSV only where the files hold kernel results)
+        if path and str(path) != "-" and Path(path).exists() and Path(path).stat().st_mtime >= started - 1:
             print(f"wrote {label}: {path}", file=sys.stderr)
     if problems:
         print(f"fastcyclegan report: {len(problems)} file(s) or result(s) skipped", file=sys.stderr)
@@ -219,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--csv", type=Path, help="long-form CSV, one row per result; - for standard output")
     rep.add_argument("--markdown", type=Path, help="markdown table, one column per backend")
-    rep.add_argument("--plot", type=Path, help="bar chart PNG (needs matplotlib: the `plot` extra)")
+    rep.add_argument("--plot", type=Path, help="bar chart, .png, .svg or .pdf (needs matplotlib: the `bench` extra)")
     rep.add_argument("--print", action="store_true", help="also print the markdown table")
     rep.set_defaults(func=_report)
 

@@ -21,7 +21,6 @@ import importlib.util
 import io
 import logging
 import os
-import socket
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic import atomic_file
 from .fast import FastGenerator
 from .ops_onnx import onnx_translation_table
 from .parity import PARITY_SEEDS, Parity, parity
@@ -55,12 +55,13 @@ class ExportResult:
     ops: tuple[str, ...]  # the ONNX operator types in the graph
     checks: tuple[tuple[tuple[int, int, int], Parity], ...]  # ((batch, H, W), parity) per checked shape
     unchecked: str | None  # why the file was not run (onnxruntime absent), else None
+    channels: int = 3  # the generator's input channels (the checked shapes' C)
 
     def line(self) -> str:
         head = f"wrote {self.path}: {self.dtype}, opset {self.opset}, dynamic batch, height and width"
         if self.unchecked:
             return f"{head}; checked by onnx.checker, not run: {self.unchecked}"
-        shapes = ", ".join(f"{n}x3x{h}x{w}" for (n, h, w), _ in self.checks)
+        shapes = ", ".join(f"{n}x{self.channels}x{h}x{w}" for (n, h, w), _ in self.checks)
         worst = max(self.checks, key=lambda c: c[1].error / max(c[1].reference_error, 1e-30))[1]
         return (
             f"{head}; onnxruntime within the parity rule at {shapes} (largest: RMS error {worst.error:.3g} "
@@ -89,12 +90,33 @@ def _check_arguments(path: Path, dtype: str, opset: int) -> None:
         raise ValueError(
             f"ONNX export writes fp32 or fp16 files (what ONNX Runtime, OpenVINO and TensorRT read), got {dtype!r}"
         )
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ValueError(f"opset must be an int >= {MIN_OPSET}, got {opset!r}")
+    newest = max_opset()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ValueError(
+            f"opset must be an int from {MIN_OPSET} to {newest} (the newest the exporter here writes), got {opset!r}"
+        )
     if path.is_dir():
         raise ValueError(f"{path} is a folder: give the ONNX file's path")
     if not path.parent.is_dir():
         raise ValueError(f"{path.parent} is not a folder: the ONNX file's folder must exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"folder {path.parent} cannot be written (no permission): nothing exported")
+
+
+def max_opset() -> int:
+    """The newest opset both this torch's exporter and the installed onnx write."""
+    from torch.onnx import _constants
+
+    newest = getattr(_constants, "ONNX_MAX_OPSET", MIN_OPSET)
+    try:
+        import onnx
+    except ImportError:  # onnx_model names the missing extra
+        return newest
+    return min(newest, onnx.defs.onnx_opset_version())
+
+
+def _written_opset(model) -> int | None:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 @contextlib.contextmanager
@@ -137,6 +159,8 @@ def onnx_model(module: nn.Module, *, dtype: str = "fp32", opset: int = MIN_OPSET
             verbose=False,
         )
     model = program.model_proto
+    if _written_opset(model) != opset:  # the exporter falls back to its own when it cannot convert
+        raise ValueError(f"the exporter wrote opset {_written_opset(model)}, not the {opset} asked for: not written")
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as err:
@@ -222,11 +246,7 @@ def export_onnx(module: nn.Module, path, *, dtype: str = "fp32", opset: int = MI
         unchecked = "onnxruntime is not installed (pip install 'fastcyclegan[onnx]')"
     else:
         checks = _run_checks(model, reference, dtype)
-    temporary = path.with_name(f".{path.name[:200]}.{socket.gethostname()[:32]}-{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(model.SerializeToString())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_file(path, prefix=f".{path.name[:200]}.", suffix=".tmp") as f:  # exclusive, never through a link
+        f.write(model.SerializeToString())
     ops = tuple(sorted({node.op_type for node in model.graph.node}))
-    return ExportResult(path, dtype, opset, ops, checks, unchecked)
+    return ExportResult(path, dtype, opset, ops, checks, unchecked, reference.in_channels)

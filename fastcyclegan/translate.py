@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,9 +28,10 @@ from pathlib import Path
 import torch
 
 from . import stopping
-from .variants import DTYPES, build_variant
+from .atomic import atomic_file
 from .devices import default_device
 from .loader import load_generator
+from .variants import DTYPES, build_variant
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -246,19 +246,15 @@ def _alive(pid: int) -> bool:
 
 
 def _write_png(array, out: Path) -> None:
-    """Writes out atomically: encoded into a temporary file of this call's own in out's folder (so two
-    writers of one name never share one), renamed over out; the temporary is removed on any failure.
+    """Writes out atomically (`atomic.atomic_file`): encoded into a temporary file of this call's own in out's
+    folder (so two writers of one name never share one), renamed over out; the temporary is removed on any
+    failure.
     array: (H, W, 3) RGB or (H, W, 1) grayscale uint8."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=out.parent, prefix=f"{_TEMP_PREFIX}{_HOST}-{os.getpid()}-", suffix=_TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pixels = array.numpy()
-            _pil().fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(f, format="PNG")
-        os.replace(partial, out)  # atomic: a crash leaves no half-written PNG under the final name
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    # atomic: a crash leaves no half-written PNG under the final name; the PNG's mode follows the umask
+    with atomic_file(out, prefix=f"{_TEMP_PREFIX}{_HOST}-{os.getpid()}-", suffix=_TEMP_SUFFIX) as f:
+        pixels = array.numpy()
+        _pil().fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(f, format="PNG")
 
 
 def remove_stale_temporaries(outputs: list[Path]) -> int:

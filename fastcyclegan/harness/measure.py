@@ -16,6 +16,10 @@ from ..reference import Generator
 # The `suite` tag in every result's extra_info: the benchmarks write it, the report reads only these results.
 GENERATOR_SUITE = "fastcyclegan.generator"
 KERNEL_SUITE = "fastcyclegan.kernel"
+# The saved run's list of generator cases that were not timed: a peer that failed the parity gate (a result),
+# skipped cases (the reason) and failed ones; the benchmarks write it, the report shows it.
+UNTIMED_KEY = "fastcyclegan_untimed"
+UNTIMED_STATUSES = ("failed parity", "skipped", "failed")
 
 
 @functools.cache

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .measure import GENERATOR_SUITE, KERNEL_SUITE
+from .measure import GENERATOR_SUITE, KERNEL_SUITE, UNTIMED_KEY, UNTIMED_STATUSES
 
 KEY = ["machine", "device", "mode", "size", "batch", "dtype", "norm"]
 CSV_COLUMNS = (
@@ -48,6 +48,8 @@ CSV_COLUMNS = (
         "driver",
         "datetime",
         "source",
+        "status",  # timed, or why not: failed parity (a peer's result), skipped, failed
+        "reason",
     ]
 )
 KERNEL_KEY = ["machine", "device", "variant", "shape", "dtype"]
@@ -103,6 +105,7 @@ _REQUIRED = {
         "img_per_s": (int, float),
         "ms_per_batch": (int, float),
     },
+    "untimed": {"backend": str, "device": str, "size": int, "batch": int, "dtype": str, "status": str, "reason": str},
     KERNEL_SUITE: {
         "variant": str,
         "device": str,
@@ -118,10 +121,12 @@ _REQUIRED = {
 _MAX_INT = 1 << 53  # integers beyond this are no sizes or batches (and 10**400 overflows every float)
 
 
-def _row_problem(info: dict) -> str | None:
-    """Why a timed result cannot be reported (a field missing, of the wrong type, not finite, not > 0 where
-    it is a size, a batch or a rate), or None."""
-    for field, kinds in _REQUIRED[info["suite"]].items():
+def _row_problem(info: dict, kind: str | None = None) -> str | None:
+    """Why a timed result (or an untimed case: kind "untimed") cannot be reported (a field missing, of the
+    wrong type, not finite, not > 0 where it is a size, a batch or a rate), or None."""
+    if kind == "untimed" and info.get("status") not in UNTIMED_STATUSES:
+        return f"'status' is {str(info.get('status'))[:40]!r}, expected one of {', '.join(UNTIMED_STATUSES)}"
+    for field, kinds in _REQUIRED[kind or info["suite"]].items():
         value = info.get(field)
         if value is None:
             return f"no '{field}'"
@@ -208,8 +213,20 @@ def read_results(paths) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
                     "machine": machine,
                     "datetime": data.get("datetime"),
                     "source": str(path),
+                    "status": "timed",
                 }
             )
+        listed = data.get(UNTIMED_KEY, [])
+        for case in listed if isinstance(listed, list) else []:
+            why = _row_problem(case, "untimed") if isinstance(case, dict) else "not a record"
+            if why:
+                problems.append(f"{path}: untimed case {str(case)[:80]!r} skipped: {why}")
+                continue
+            found += 1
+            norm = case.get("norm") if isinstance(case.get("norm"), str) else "plain"
+            mode = case.get("mode") if isinstance(case.get("mode"), str) else "infer"
+            row = {**case, "norm": norm, "mode": mode, "machine": machine, "datetime": data.get("datetime")}
+            rows[GENERATOR_SUITE].append(row | {"suite": GENERATOR_SUITE, "source": str(path)})
         if not found:
             problems.append(f"{path}: holds no fastcyclegan benchmark results (a file from another suite?)")
     return pd.DataFrame(rows[GENERATOR_SUITE]), pd.DataFrame(rows[KERNEL_SUITE]), problems
@@ -220,7 +237,10 @@ def generator_table(raw: pd.DataFrame) -> pd.DataFrame:
     if raw.empty:
         return pd.DataFrame(columns=CSV_COLUMNS)
     df = raw.drop_duplicates(subset=KEY + ["backend"], keep="last").copy()
-    eager = df[df.backend == "eager"].set_index(KEY)["img_per_s"].rename("eager_img_per_s")
+    for column in ("img_per_s", "tflop_s"):  # absent where no case was timed
+        df[column] = pd.to_numeric(df[column], errors="coerce") if column in df else math.nan
+    timed_eager = df[(df.backend == "eager") & df.img_per_s.notna()]
+    eager = timed_eager.set_index(KEY)["img_per_s"].rename("eager_img_per_s")
     df = df.join(eager, on=KEY)
     df["speedup_vs_eager"] = df["img_per_s"] / df["eager_img_per_s"]
     ceiling = df["dtype"].map({"fp32": "matmul_fp32_tflop_s"}).fillna("matmul_bf16_tflop_s")
@@ -289,6 +309,9 @@ def to_markdown(gen: pd.DataFrame, kernel: pd.DataFrame | None = None) -> str:
                     cells.append("—")
                     continue
                 r = by_backend.loc[b]
+                if r.status != "timed":
+                    cells.append(_untimed_cell(r))
+                    continue
                 speed = f" ({r.speedup_vs_eager:.2f}x)" if pd.notna(r.speedup_vs_eager) else ""
                 cells.append(f"{r.img_per_s:,.1f}{speed}")
             machine, device, mode, size, batch, dtype, norm = key
@@ -299,7 +322,14 @@ def to_markdown(gen: pd.DataFrame, kernel: pd.DataFrame | None = None) -> str:
         header = ["device"] + (["mode"] if with_mode else []) + ["size", "batch", "dtype"]
         header += ["norm"] if with_norm else []
         parts.append(_markdown_grid(header + backends, rows))
-        parts.append("\n" + "\n".join(_provenance(gen)))
+        untimed = gen[gen.status != "timed"]
+        if not untimed.empty:
+            parts.append("\nNot timed:")
+            parts += [
+                _cell(f"- {r.backend}, {r.size}x{r.size} batch {r.batch} {r.dtype} ({r.mode}): {r.status}: {r.reason}")
+                for r in untimed.itertuples()
+            ]
+        parts.append("\n" + "\n".join(_provenance(gen[gen.status == "timed"])))
     if kernel is not None and not kernel.empty:
         variants = sorted(kernel.variant.unique(), key=lambda v: (v != "fused", v))
         labels, rows = _device_labels(kernel), []
@@ -328,6 +358,13 @@ def to_markdown(gen: pd.DataFrame, kernel: pd.DataFrame | None = None) -> str:
     return "\n".join(parts) + "\n" if parts else "No timed results (was the run --benchmark-disable?).\n"
 
 
+def _untimed_cell(r) -> str:
+    """A table cell for a case that was not timed: a peer's parity failure with its error against eager's."""
+    if r.status == "failed parity" and pd.notna(r.parity_err) and r.parity_ref_err:
+        return f"failed parity ({r.parity_err / r.parity_ref_err:.1f}x error)"
+    return str(r.status)
+
+
 def _gb(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
@@ -351,10 +388,11 @@ def plot(gen: pd.DataFrame, path, fmt: str = "png") -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    rows = gen.dropna(subset=["speedup_vs_eager"]).copy()
-    if rows.empty:
+    if gen.dropna(subset=["speedup_vs_eager"]).empty:
         return [f"{path}: plot not written, no result has an eager result of its case to compare with"]
+    rows = gen[gen.speedup_vs_eager.notna() | (gen.status != "timed")].copy()
     labels = _device_labels(rows)
     rows["panel"] = [_short(labels[m, d]) for m, d in zip(rows.machine, rows.device)]
     devices = sorted(rows.panel.unique())
@@ -365,7 +403,9 @@ def plot(gen: pd.DataFrame, path, fmt: str = "png") -> list[str]:
     backends = [b for b in _backend_order(rows[rows.panel.isin(devices)].backend.unique()) if b != "eager"]
     groups = {}
     for d in devices:
-        table = rows[rows.panel == d].pivot_table(index=KEY[2:], columns="backend", values="speedup_vs_eager")
+        panel = rows[rows.panel == d]
+        table = panel.pivot(index=KEY[2:], columns="backend", values="speedup_vs_eager").astype(float)
+        table.attrs["status"] = panel.pivot(index=KEY[2:], columns="backend", values="status")
         if len(table) > MAX_GROUPS:
             left_out.append(f"{len(table) - MAX_GROUPS} of {len(table)} cases of {d}")
             table = table.iloc[:MAX_GROUPS]
@@ -374,6 +414,7 @@ def plot(gen: pd.DataFrame, path, fmt: str = "png") -> list[str]:
     fig, axes = plt.subplots(len(devices), 1, figsize=(max(6.0, 1.6 * widest + 2), 3.6 * len(devices)), squeeze=False)
     width = 0.8 / max(1, len(backends))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    marked: set[str] = set()
     for ax, device in zip(axes[:, 0], devices):
         table = groups[device]
         positions = range(len(table))
@@ -385,6 +426,12 @@ def plot(gen: pd.DataFrame, path, fmt: str = "png") -> list[str]:
             ax.bar_label(
                 bars, labels=[f"{v:.2f}" if pd.notna(v) else "" for v in table[backend]], fontsize=7, padding=1
             )
+            statuses = table.attrs["status"][backend]
+            for status, (marker, style) in _UNTIMED_MARKS.items():  # a mark where the bar would stand
+                at = [x for x, st in zip(xs, statuses) if st == status]
+                if at:
+                    ax.scatter(at, [0.06] * len(at), marker=marker, s=40, zorder=3, **style)
+                    marked.add(status)
         ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
         ticks = [
             f"{size}x{size}, batch {batch}\n{dtype}"
@@ -394,9 +441,15 @@ def plot(gen: pd.DataFrame, path, fmt: str = "png") -> list[str]:
         ]
         ax.set_xticks(list(positions), ticks)
         ax.set_ylabel("speedup vs eager (x)")
-        ax.set_ylim(0, max(1.2, float(table.max().max()) * 1.18))
+        highest = table.max().max()
+        ax.set_ylim(0, max(1.2, float(highest) * 1.18 if pd.notna(highest) else 1.2))
         ax.set_title(device, fontsize=10)
-    axes[0, 0].legend(loc="upper left", fontsize=8, ncols=min(len(backends), 5), frameon=False)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    for status in [s for s in _UNTIMED_MARKS if s in marked]:  # "failed parity" and "skipped" look different
+        marker, style = _UNTIMED_MARKS[status]
+        handles.append(Line2D([], [], linestyle="", marker=marker, markersize=7, **_legend_style(style)))
+        names.append(status)
+    axes[0, 0].legend(handles, names, loc="upper left", fontsize=8, ncols=min(len(names), 5), frameon=False)
     # two short lines fit the narrowest figure (6 in); bbox_inches="tight" keeps every label inside the PNG
     fig.suptitle("fastcyclegan: generator throughput against eager PyTorch\n(higher is faster; dashed line: eager)")
     if left_out:
@@ -405,6 +458,21 @@ def plot(gen: pd.DataFrame, path, fmt: str = "png") -> list[str]:
     fig.savefig(path, dpi=120, format=fmt, bbox_inches="tight")
     plt.close(fig)
     return [f"{path}: the plot leaves out {'; '.join(left_out)} (the CSV and markdown have them)"] if left_out else []
+
+
+# the mark of each kind of untimed case where its bar would stand: (marker, scatter style)
+_UNTIMED_MARKS = {
+    "failed parity": ("X", {"color": "tab:red"}),
+    "skipped": ("o", {"facecolors": "none", "edgecolors": "grey"}),
+    "failed": ("v", {"color": "black"}),
+}
+
+
+def _legend_style(style: dict) -> dict:
+    """The scatter style as a Line2D's (the legend's proxy)."""
+    if "color" in style:
+        return {"color": style["color"]}
+    return {"markerfacecolor": "none", "markeredgecolor": style["edgecolors"]}
 
 
 def _short(text: str, limit: int = MAX_LABEL) -> str:
@@ -441,9 +509,10 @@ def _csv_safe(df: pd.DataFrame) -> pd.DataFrame:
 _PLOT_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 
 
-def _check_outputs(outputs: dict) -> None:
+def _check_outputs(outputs: dict, inputs=()) -> None:
     """Before anything is written: each output a file that can be written, in an existing folder, none named
-    twice; `-` (standard output) for the CSV only; the plot's format from its name (.png, .svg, .pdf)."""
+    twice and none an input (the same file, through links too); `-` (standard output) for the CSV only; the
+    plot's format from its name (.png, .svg, .pdf)."""
     named = {label: Path(path) for label, path in outputs.items() if path is not None and str(path) != "-"}
     for label, path in outputs.items():
         if path is not None and str(path) == "-" and label != "csv":
@@ -455,6 +524,9 @@ def _check_outputs(outputs: dict) -> None:
             raise ReportError(f"--{label} {path}: folder {path.parent} does not exist")
         if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
             raise ReportError(f"--{label} {path}: cannot be written (no permission)")
+        read = next((Path(i) for i in inputs if path.exists() and Path(i).exists() and os.path.samefile(path, i)), None)
+        if read is not None:
+            raise ReportError(f"--{label} {path}: is the results file {read} that the report reads; give another name")
         twins = [other for other, p in named.items() if other != label and p.resolve() == path.resolve()]
         if twins:
             raise ReportError(f"--{label} {path}: --{twins[0]} writes the same file; give each output its own name")
@@ -478,7 +550,7 @@ def _write(label: str, path: Path, content: str | bytes) -> None:
 def report(paths, csv_path=None, markdown_path=None, plot_path=None) -> tuple[str, list[str]]:
     """Write what was asked for; return (markdown, problems). `csv_path` "-" means standard output.
     Raises ReportError if nothing could be read or an output cannot be written (checked before any is)."""
-    _check_outputs({"csv": csv_path, "markdown": markdown_path, "plot": plot_path})
+    _check_outputs({"csv": csv_path, "markdown": markdown_path, "plot": plot_path}, paths)
     if plot_path:
         try:
             import matplotlib  # noqa: F401
@@ -489,6 +561,10 @@ def report(paths, csv_path=None, markdown_path=None, plot_path=None) -> tuple[st
         raise ReportError("no fastcyclegan results could be read:\n  " + "\n  ".join(problems))
     problems += _superseded(gen_raw, KEY + ["backend"]) + _superseded(kernel_raw, KERNEL_KEY)
     gen, kernel = generator_table(gen_raw), kernel_table(kernel_raw)
+    problems += [  # a case that failed in the run: its result is missing, say so (a peer's parity failure is one)
+        f"{r.source}: {r.backend} {r.size}x{r.size} batch {r.batch} {r.dtype} ({r.mode}) failed in the run: {r.reason}"
+        for r in gen[gen.status == "failed"].itertuples()
+    ]
     text = to_markdown(gen, kernel)
     if csv_path:
         tables = [_csv_safe(gen).to_csv(index=False)]
