@@ -95,6 +95,18 @@ def pytest_sessionstart(session):
         bench_session.display = lambda terminal: None
 
 
+def pytest_collection_modifyitems(config, items):
+    """A suite whose mode the run does not ask for has no cases: deselected, not a `[NOTSET]` skip line."""
+    empty = [
+        i
+        for i in items
+        if any("got empty parameter set" in str(m.kwargs.get("reason", "")) for m in i.iter_markers("skip"))
+    ]
+    if empty:
+        config.hook.pytest_deselected(items=empty)
+        items[:] = [i for i in items if i not in empty]
+
+
 def pytest_collection_finish(session):
     """What the run covers and why, before the first case (shown with -q too)."""
     config = session.config
@@ -122,12 +134,14 @@ def pytest_runtest_makereport(item, call):
     terminal = item.config.pluginmanager.get_plugin("terminalreporter")
     bench = getattr(item, "funcargs", {}).get("benchmark")
     status = "passed" if report.passed else "skipped" if report.skipped else "FAILED"
-    reason = report.longrepr[2] if report.skipped and isinstance(report.longrepr, tuple) else ""
+    reason = (
+        report.longrepr[2].removeprefix("Skipped: ") if report.skipped and isinstance(report.longrepr, tuple) else ""
+    )
     if report.failed:
         reason = _failure_reason(report)
     case, mode = _case_of(item)
     if case is not None and not report.passed:  # kept with the results: the report names it
-        record_untimed(item.config, mode, case, status.lower(), reason.removeprefix("Skipped: "))
+        record_untimed(item.config, mode, case, status.lower(), reason)
     line = case_line(item.name, status, dict(bench.extra_info) if bench is not None else None, reason)
     problem = item.config._fcg_progress.save()
     if terminal is not None:

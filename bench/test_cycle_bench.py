@@ -19,7 +19,7 @@ import torch
 
 from bench.fcg_cycle import BACKENDS, build, gradients, iteration, reference_networks
 from bench.fcg_matrix import blocks_for, generator_cases, matrix
-from bench.fcg_results import parity_gate, time_and_record
+from bench.fcg_results import UNTIMED_IS_DELIBERATE, parity_gate, time_and_record
 from fastcyclegan.harness.backends import DTYPES
 from fastcyclegan.harness.measure import generator_gflop, synchronize
 from fastcyclegan.parity import PARITY_SEEDS, parity
@@ -42,6 +42,7 @@ def _batch(size, batch, device, seed):
     return tuple((torch.rand(batch, 3, size, size, generator=data) * 2 - 1).to(device) for _ in "AB")
 
 
+@pytest.mark.filterwarnings(UNTIMED_IS_DELIBERATE)
 def test_cycle_iteration(benchmark, cycle_case, fcg, device_info, pytestconfig):
     backend_name, size, batch, dtype_name, _norm = cycle_case
     device, dtype, ngf = fcg["device"], DTYPES[dtype_name], fcg["ngf"]

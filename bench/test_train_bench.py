@@ -20,7 +20,7 @@ import torch
 
 from bench.fcg_matrix import blocks_for, generator_cases, matrix
 from bench.fcg_models import reference
-from bench.fcg_results import parity_gate, time_and_record
+from bench.fcg_results import UNTIMED_IS_DELIBERATE, parity_gate, time_and_record
 from fastcyclegan.harness.backends import DTYPES, build_backend, unavailable_reason
 from fastcyclegan.harness.measure import generator_gflop, synchronize
 from fastcyclegan.parity import PARITY_SEEDS, parity
@@ -64,6 +64,7 @@ def _inputs(size, batch, device, seed):
     return x.to(device), target.to(device)
 
 
+@pytest.mark.filterwarnings(UNTIMED_IS_DELIBERATE)
 def test_train_step(benchmark, train_case, fcg, device_info, pytestconfig):
     backend_name, size, batch, dtype_name, norm = train_case
     device, dtype, ngf = fcg["device"], DTYPES[dtype_name], fcg["ngf"]

@@ -83,15 +83,31 @@ def _translate(args) -> int:
 
 
 def _export(args) -> int:
-    from .export import export_onnx
-    from .loader import load_generator
-
+    output, checkpoint = args.output, args.checkpoint
+    if str(output) == "-":
+        print(
+            "fastcyclegan export: the output is a file, not standard output: give its path (./- for a file named -)",
+            file=sys.stderr,
+        )
+        return 2
+    if output.exists() and checkpoint.exists() and os.path.samefile(output, checkpoint):
+        print(
+            f"fastcyclegan export: the output {output} is the checkpoint itself: give the ONNX file another name",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        generator = load_generator(args.checkpoint, key=args.key)
-        result = export_onnx(generator, args.output, dtype=args.dtype, opset=args.opset)
+        from .export import export_onnx
+        from .loader import load_generator
+
+        generator = load_generator(checkpoint, key=args.key)
+        result = export_onnx(generator, output, dtype=args.dtype, opset=args.opset)
     except (FileNotFoundError, ValueError, RuntimeError, OSError) as err:
         print(f"fastcyclegan export: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"fastcyclegan export: interrupted; nothing written ({output} is as it was)", file=sys.stderr)
+        return 130
     print(result.line())
     return 0
 

@@ -143,6 +143,7 @@ def onnx_model(module: nn.Module, *, dtype: str = "fp32", opset: int = MIN_OPSET
     except ImportError as err:
         raise ImportError(f"ONNX export needs onnx and onnxscript: pip install 'fastcyclegan[onnx]' ({err})") from err
     module, reference = _generator(module)
+    _check_range(module, EXPORT_DTYPES[dtype])
     module = module.to(device="cpu", dtype=EXPORT_DTYPES[dtype]).eval()
     example = torch.zeros(2, module.in_channels, 64, 64, dtype=EXPORT_DTYPES[dtype])  # batch 2: not specialised
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
@@ -168,6 +169,23 @@ def onnx_model(module: nn.Module, *, dtype: str = "fp32", opset: int = MIN_OPSET
     _check_pads(model, reference)
     _check_norm_parameters(model)
     return model, reference
+
+
+def _check_range(module: nn.Module, dtype: torch.dtype) -> None:
+    """ValueError naming the weights `dtype` cannot hold (fp16's largest value is 65504: they would become inf)."""
+    largest = torch.finfo(dtype).max
+    over = []
+    for name, t in module.state_dict().items():
+        if t.is_floating_point() and t.numel():
+            biggest = t.detach().abs().max().item()
+            if biggest > largest:
+                over.append(f"{name} (largest |value| {biggest:.3g})")
+    if over:
+        more = f" and {len(over) - 4} more" if len(over) > 4 else ""
+        raise ValueError(
+            f"{str(dtype).removeprefix('torch.')} cannot hold these weights, its largest value is {largest:g}: "
+            f"{', '.join(over[:4])}{more}; export fp32 instead: nothing written"
+        )
 
 
 def _check_pads(model, reference: Generator) -> None:

@@ -518,3 +518,18 @@ def test_the_cycle_iteration_bench_runs_both_eager_backends_through_its_gradient
     df = pd.read_csv(csv)
     assert problems == [] and sorted(df.backend) == ["eager", "fast"] and set(df["mode"]) == {"cycle"}
     assert df.parity_err.notna().all()
+
+
+@pytest.mark.parametrize("option", ["--csv", "--markdown"])
+def test_an_output_that_is_the_results_file_read_is_refused_and_the_file_kept(suite_json, tmp_path, option):
+    run = tmp_path / "run.json"
+    run.write_bytes(suite_json.read_bytes())
+    (tmp_path / "link.json").symlink_to(run)
+    for output in (run, tmp_path / "link.json"):
+        done = subprocess.run(
+            [sys.executable, "-m", "fastcyclegan", "report", str(run), option, str(output)],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2 and "is the results file" in done.stderr, done.stderr
+    assert run.read_bytes() == suite_json.read_bytes()

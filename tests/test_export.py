@@ -6,15 +6,25 @@ Small generators (ngf 8, 2 blocks): each export takes a few seconds, mostly the 
 """
 
 import copy
+import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
 from helpers import PublicResnetGenerator, ThirdPartyGenerator, generator_parity, hide_module, learned_affine
 
 from fastcyclegan import FastGenerator, Generator, load_generator
-from fastcyclegan.export import CHECK_SHAPES, _check_norm_parameters, _check_pads, _run_checks, export_onnx, onnx_model
+from fastcyclegan.export import (
+    CHECK_SHAPES,
+    _check_norm_parameters,
+    _check_pads,
+    _run_checks,
+    export_onnx,
+    max_opset,
+    onnx_model,
+)
 
 onnx = pytest.importorskip("onnx", reason="the onnx extra (onnx, onnxscript) is not installed")
 pytest.importorskip("onnxscript", reason="the onnx extra (onnx, onnxscript) is not installed")
@@ -119,7 +129,7 @@ def test_a_malformed_or_missing_checkpoint_is_one_line_and_exit_2_writing_nothin
     "kwargs, why",
     [
         (dict(dtype="bf16"), "fp32 or fp16"),
-        (dict(opset=17), "opset must be an int >= 18"),
+        (dict(opset=17), "opset must be an int from 18"),
     ],
 )
 def test_unsupported_requests_are_refused_before_any_work(tmp_path, kwargs, why):
@@ -190,3 +200,88 @@ def test_without_onnxruntime_the_file_is_written_and_says_it_was_not_run(tmp_pat
     result = export_onnx(Generator(1, ngf=4), tmp_path / "g.onnx")
     assert result.checks == () and "onnxruntime is not installed" in result.line()
     onnx.checker.check_model(onnx.load(str(tmp_path / "g.onnx")))
+
+
+def _checkpoint(tmp_path, channels=3):
+    torch.manual_seed(0)
+    path = tmp_path / "g.pth"
+    torch.save(Generator(1, in_channels=channels, out_channels=channels, ngf=4).state_dict(), path)
+    return path
+
+
+@pytest.mark.parametrize("opset", [99, 29])
+def test_an_opset_the_exporter_cannot_write_is_refused_in_one_line(tmp_path, opset):
+    done = _cli(_checkpoint(tmp_path), tmp_path / "g.onnx", "--opset", opset)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"opset must be an int from 18 to {max_opset()}" in done.stderr and f"got {opset}" in done.stderr
+    assert not (tmp_path / "g.onnx").exists()
+
+
+def test_the_opset_written_is_the_one_asked_for(tmp_path):
+    result = export_onnx(Generator(1, ngf=4), tmp_path / "g.onnx", opset=max_opset())
+    model = onnx.load(str(tmp_path / "g.onnx"))
+    assert result.opset == max_opset() == next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def test_the_temporary_is_created_exclusively_never_through_a_planted_link(tmp_path, monkeypatch):
+    """A link planted under any name the export could pick is never written through; out.onnx is a new file."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    made = []
+    real_mkstemp = tempfile.mkstemp
+
+    def watched(*args, **kwargs):
+        made.append(real_mkstemp(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkstemp", watched)
+    for name in (".g.onnx.tmp", f".g.onnx.{os.uname().nodename}-{os.getpid()}.tmp"):  # the old predictable names
+        (tmp_path / name).symlink_to(victim)
+    export_onnx(Generator(1, ngf=4), tmp_path / "g.onnx")
+    assert victim.read_text() == "keep me" and made  # written through mkstemp (O_EXCL)
+    assert not (tmp_path / "g.onnx").is_symlink() and (tmp_path / "g.onnx").stat().st_size > 1000
+
+
+def test_an_output_that_is_the_checkpoint_is_refused_and_the_weights_stay(tmp_path):
+    path = _checkpoint(tmp_path)
+    before = path.read_bytes()
+    (tmp_path / "link.pth").symlink_to(path)
+    for output in (path, tmp_path / "link.pth"):
+        done = _cli(path, output)
+        assert done.returncode == 2 and "is the checkpoint itself" in done.stderr, done.stderr
+    assert path.read_bytes() == before
+
+
+def test_a_dash_is_no_output_name(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "fastcyclegan", "export", str(_checkpoint(tmp_path)), "-"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2 and "not standard output" in done.stderr and not (tmp_path / "-").exists()
+
+
+def test_a_read_only_folder_is_checked_before_the_export(tmp_path, monkeypatch):
+    """The check runs first, before the 8-15 s of export and checks (os.access stands in for a read-only folder:
+    root, who runs CI, may write into any)."""
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    monkeypatch.setattr("fastcyclegan.export.onnx_model", lambda *a, **k: pytest.fail("exported before the check"))
+    with pytest.raises(ValueError, match=f"folder {tmp_path} cannot be written"):
+        export_onnx(Generator(1, ngf=4), tmp_path / "g.onnx")
+
+
+def test_a_one_channel_summary_names_one_channel(tmp_path):
+    result = export_onnx(Generator(1, in_channels=1, out_channels=1, ngf=4), tmp_path / "g.onnx")
+    assert "1x1x32x32" in result.line() and "x3x" not in result.line()
+
+
+def test_weights_fp16_cannot_hold_are_named(tmp_path):
+    generator = Generator(1, ngf=4)
+    with torch.no_grad():
+        generator.model[1].weight[0, 0, 0, 0] = 1e6
+    with pytest.raises(
+        ValueError, match=r"float16 cannot hold these weights.*model\.1\.weight \(largest \|value\| 1e\+06\)"
+    ):
+        export_onnx(generator, tmp_path / "g.onnx", dtype="fp16")
+    assert list(tmp_path.iterdir()) == []

@@ -536,3 +536,16 @@ def test_a_leftover_world_size_of_one_is_a_plain_run(tmp_path, checkpoint, image
     monkeypatch.setenv("RANK", "0")
     code = main(["translate", str(checkpoint[0]), str(images), str(tmp_path / "out"), "--size", str(SIZE), "--quiet"])
     assert code == 1 and "translated 4 images" in capsys.readouterr().out  # the corrupt input fails, named
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_outputs_take_the_mode_the_umask_gives_any_new_file(tmp_path, umask, mode):
+    """As a file the user writes by hand: not mkstemp's 0600 (a shared results folder would be unreadable)."""
+    target = str(tmp_path / "a.png")
+    code = (
+        f"import os, torch; os.umask({umask}); from pathlib import Path; from fastcyclegan.translate import "
+        f"_write_png; _write_png(torch.zeros(8, 8, 3, dtype=torch.uint8), Path({target!r}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "a.png").stat().st_mode & 0o777 == mode
