@@ -181,8 +181,12 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     output_json[UNTIMED] = list(untimed(config))
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_sessionfinish(session):
+    """Around pytest-benchmark's save (its own wrapper, inside this one): the partial file set aside before,
+    removed after (or put back when nothing was saved)."""
+    session.config._fcg_progress.set_aside()
+    yield
     session.config._fcg_progress.finish()
 
 

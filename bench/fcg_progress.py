@@ -74,14 +74,26 @@ class ProgressSaver:
             return f"results will be saved only at the end of the run ({type(err).__name__}: {err})"
         return None
 
+    def set_aside(self) -> None:
+        """Just before pytest-benchmark saves the run: the partial file out of the numbered sequence, so the run's
+        own file takes its number (into an empty storage: 0001, not 0002)."""
+        if self.path is not None and self.path.exists():
+            os.replace(self.path, self._aside())
+
     def finish(self) -> None:
-        """After pytest-benchmark saved the run (a later-numbered file exists): the partial file goes."""
-        if self.path is None or not self.path.exists():
+        """After pytest-benchmark saved the run (a file of the partial's number or later): the partial file goes;
+        if nothing was saved, it is put back."""
+        if self.path is None or not self._aside().exists():
             return
         number = self.path.name.split("_")[0]
-        later = [p for p in self.path.parent.glob("[0-9][0-9][0-9][0-9]_*.json") if p.name.split("_")[0] > number]
-        if later:
-            self.path.unlink()
+        saved = [p for p in self.path.parent.glob("[0-9][0-9][0-9][0-9]_*.json") if p.name.split("_")[0] >= number]
+        if saved:
+            self._aside().unlink()
+        else:
+            os.replace(self._aside(), self.path)
+
+    def _aside(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.aside")
 
 
 def _dumps(data) -> str:

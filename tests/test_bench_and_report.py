@@ -533,3 +533,22 @@ def test_an_output_that_is_the_results_file_read_is_refused_and_the_file_kept(su
         )
         assert done.returncode == 2 and "is the results file" in done.stderr, done.stderr
     assert run.read_bytes() == suite_json.read_bytes()
+
+
+def test_a_finished_run_into_an_empty_storage_is_0001_and_its_lines_stand_alone(tmp_path):
+    """The partial file is set aside while pytest-benchmark saves, so the run's own file takes number 0001; each
+    case line starts a line of its own (no progress letters), no `[NOTSET]` line, no wide microsecond table."""
+    storage = tmp_path / "storage"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST_")}
+    options = ["--fcg-smoke", "--fcg-backends", "eager,tensorrt", "--fcg-kernel-shapes", "1,8,8,8"]
+    command = [sys.executable, "-m", "pytest", "bench", "-q", "-p", "no:cacheprovider", "--benchmark-autosave"]
+    command += [f"--benchmark-storage=file://{storage}", *options]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    files = sorted(p.name for p in storage.rglob("*") if p.is_file())
+    assert len(files) == 1 and files[0].startswith("0001_"), files
+    lines = done.stdout.splitlines()
+    cases = [line for line in lines if "test_generator[" in line]
+    assert cases and all(line.startswith("test_generator[") for line in cases), cases
+    assert any("tensorrt" in line and "skipped (tensorrt requires CUDA)" in line for line in cases), cases
+    assert "NOTSET" not in done.stdout and "Max (us)" not in done.stdout and "Mean (us)" not in done.stdout
