@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fastcyclegan.devices import default_device
+from fastcyclegan.fast import min_input_size
 from fastcyclegan.harness.backends import BACKENDS, DEFAULT_BACKENDS, DTYPES
 
 BLOCKS_FOR_SIZE = {128: 6, 256: 9, 512: 9}  # the paper: 6 blocks for 128x128, 9 for 256x256 and larger
@@ -70,6 +71,18 @@ def _positive_ints(option: str, text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise pytest.UsageError(f"{option}: expected a comma list of positive integers, got {text!r}")
     return values
+
+
+def _sizes(text: str) -> list[int]:
+    """--fcg-sizes, each large enough for the generator's reflection pads (checked here, not case by case)."""
+    sizes = _positive_ints("--fcg-sizes", text)
+    small = [s for s in sizes if s < min_input_size(blocks_for(s))]
+    if small:
+        raise pytest.UsageError(
+            f"--fcg-sizes: the generator's reflection pads need images of at least {min_input_size(1)} pixels "
+            f"(its residual blocks pad 1 pixel after two stride-2 convs), got {', '.join(map(str, small))}"
+        )
+    return sizes
 
 
 _BF16_SLOWDOWN = 3.0  # a bf16 conv slower than this many fp32 ones: the CPU has no native bf16
@@ -136,7 +149,7 @@ def matrix(config) -> dict:
     return {
         "device": device,
         "backends": _choices("--fcg-backends", backends, BACKENDS) if backends is not None else list(DEFAULT_BACKENDS),
-        "sizes": _positive_ints("--fcg-sizes", pick("--fcg-sizes", "256", "128,256", "32")),
+        "sizes": _sizes(pick("--fcg-sizes", "256", "128,256", "32")),
         "batches": _positive_ints("--fcg-batches", pick("--fcg-batches", "1,16", "1", "1")),
         "train_batches": _positive_ints("--fcg-batches", pick("--fcg-batches", "1,4", "1", "1")),
         "modes": _choices("--fcg-mode", config.getoption("--fcg-mode"), MODES),

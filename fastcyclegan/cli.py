@@ -324,12 +324,16 @@ def main(argv=None) -> int:
     if (sys.argv[1:] if argv is None else argv)[:1] == ["translate"]:
         signal.signal(signal.SIGINT, stopping.request_stop)
         signal.signal(signal.SIGTERM, stopping.request_stop)
-    args = build_parser().parse_args(argv)
-    problem = missing_extra(args.command)
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    return args.func(args)
+    try:
+        args = build_parser().parse_args(argv)
+        problem = missing_extra(args.command)
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
+        return args.func(args)
+    except KeyboardInterrupt:  # before a command's own handling (its imports take seconds): one line, not a traceback
+        print("fastcyclegan: interrupted; nothing was left half-written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

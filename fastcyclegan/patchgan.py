@@ -62,6 +62,11 @@ def describe_discriminator_module(module: nn.Module) -> DiscriminatorSpec:
                 raise NotAPatchGAN(f"has a conv that is no 4x4 conv padded by 1 zero: '{name}' is {layer}")
             if layer.dilation != (1, 1) or layer.groups != 1:
                 raise NotAPatchGAN(f"has a conv with dilation or groups: '{name}' is {layer}")
+            if layer.stride[0] != layer.stride[1]:
+                raise NotAPatchGAN(
+                    f"has a conv of stride {tuple(layer.stride)}: '{name}'; the PatchGAN's strides are square "
+                    f"({', '.join(map(str, _STRIDES))} in both directions)"
+                )
             convs.append((name, layer))
             got.append(f"conv/{layer.stride[0]}")
         elif isinstance(layer, nn.InstanceNorm2d):

@@ -77,17 +77,38 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DECODERS = {_PNG_SIGNATURE: "PNG", b"\xff\xd8\xff": "JPEG"}
 
 
+# integer modes Pillow decodes 16-bit grayscale PNGs into; its convert("L"/"RGB") clips them at 255 (white)
+_WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _eight_bit(img):
+    """img in a mode convert("L"/"RGB") reads right: 16-bit grayscale scaled to 8 bits as image programs save
+    it (v / 257, rounded), so a 16-bit picture translates as its 8-bit copy does; every other mode as it is."""
+    if img.mode not in _WIDE_GRAY:
+        return img
+    import numpy as np
+
+    values = np.asarray(img, dtype=np.float64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"a {img.mode} image with values outside 0-65535; expected 8- or 16-bit pixels")
+    return _pil().fromarray(np.rint(values / 257).astype(np.uint8), mode="L")
+
+
 def load_image(path: Path, size: int, channels: int = 3) -> torch.Tensor:
     """(channels, size, size) float32 in [-1, 1], as the public test script prepares it (any mode -> RGB, or
-    grayscale for a 1-channel generator, bicubic).
-    Only the PNG and JPEG decoders read it, chosen by the file's first bytes, not its name."""
+    grayscale for a 1-channel generator, bicubic), upright as its EXIF orientation says (phone photos), 16-bit
+    grayscale scaled to 8 bits first. Only the PNG and JPEG decoders read it, chosen by the file's first
+    bytes, not its name."""
     Image = _pil()
     with open(path, "rb") as f:
         head = f.read(8)
     formats = [name for magic, name in _DECODERS.items() if head.startswith(magic)]
     if not formats:
         raise ValueError(f"not a PNG or JPEG file (it starts with {head[:8]!r}); only those are decoded")
+    from PIL import ImageOps
+
     with Image.open(path, formats=formats) as img:
+        img = _eight_bit(ImageOps.exif_transpose(img))
         img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BICUBIC)
         data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, channels)
     return data.permute(2, 0, 1).float().div(255).sub(0.5).div(0.5)

@@ -283,6 +283,7 @@ def _bench_matrix(**options):
     [
         ({"--fcg-batches": "0"}, "--fcg-batches: expected a comma list of positive integers, got '0'"),
         ({"--fcg-sizes": "big"}, "--fcg-sizes: expected a comma list of positive integers, got 'big'"),
+        ({"--fcg-sizes": "1,4,32"}, "--fcg-sizes: the generator's reflection pads need images of at least 5 pixels"),
         ({"--fcg-dtypes": ""}, "--fcg-dtypes: expected a comma list out of fp32, fp16, bf16; got nothing in ''"),
         ({"--fcg-norms": "batch"}, "--fcg-norms: expected a comma list out of plain, affine; got unknown ['batch']"),
         ({"--fcg-backends": "fastest"}, "--fcg-backends: expected a comma list out of eager,"),

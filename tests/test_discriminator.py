@@ -127,3 +127,12 @@ def test_a_copy_trains_like_the_reference_for_a_few_steps():
             optimizer.step()
             losses[name].append(loss.item())
     torch.testing.assert_close(losses["fast"], losses["reference"], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("index, stride", [(0, (2, 1)), (2, (1, 2)), (11, (1, 2))])
+def test_a_conv_of_non_square_stride_is_refused_not_run_as_square(index, stride):
+    """A (2, 1) stride ran as (2, 2): output (1, 1, 6, 6) where the source gives (1, 1, 6, 13)."""
+    d = Discriminator(ndf=8)
+    d.model[index].stride = stride
+    with pytest.raises(ValueError, match=rf"conv of stride \({stride[0]}, {stride[1]}\): 'model\.{index}'"):
+        FastDiscriminator.from_module(d)

@@ -233,3 +233,16 @@ def test_the_kernel_builds_ahead_of_time_from_the_command_line(cpu_kernel, tmp_p
         [sys.executable, "-m", "fastcyclegan", "build-kernel"], env=env, capture_output=True, text=True
     )
     assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and "no C compiler" in failed.stderr, failed.stderr
+
+
+def test_a_build_that_runs_long_is_announced_and_a_hung_compiler_stopped(cpu_kernel, tmp_path, monkeypatch, capfd):
+    slow = tmp_path / "slow-cc"
+    slow.write_text('#!/bin/sh\ncase " $* " in *" -o "*) sleep 30;; esac\nexit 0\n')
+    slow.chmod(0o755)
+    monkeypatch.setenv("CC", str(slow))
+    monkeypatch.setattr(norm_cpu_build, "_SAY_AFTER_SECONDS", 0.2)
+    monkeypatch.setattr(norm_cpu_build, "BUILD_SECONDS", 1)
+    with pytest.raises(KernelUnavailable, match="did not finish instance_norm_cpu.c in 1 s"):
+        build(tmp_path / "cache")
+    assert "compiling the CPU norm kernel with" in capfd.readouterr().err
+    assert not list((tmp_path / "cache").glob(".building-*"))  # its partial file removed

@@ -549,3 +549,33 @@ def test_outputs_take_the_mode_the_umask_gives_any_new_file(tmp_path, umask, mod
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "a.png").stat().st_mode & 0o777 == mode
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_16_bit_grayscale_png_reads_as_its_8_bit_copy_not_white(tmp_path, channels):
+    """Pillow's convert clips 16-bit values at 255: 99.9% of such a picture came out white."""
+    gradient = np.arange(64 * 64, dtype=np.float64).reshape(64, 64) / (64 * 64 - 1)
+    wide = (gradient * 65535).round().astype(np.uint16)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    Image.fromarray((wide / 257).round().astype(np.uint8), mode="L").save(tmp_path / "narrow.png")
+    assert Image.open(tmp_path / "wide.png").mode.startswith("I")
+    from fastcyclegan.translate import load_image
+
+    wide_in, narrow_in = (load_image(tmp_path / n, 32, channels) for n in ("wide.png", "narrow.png"))
+    assert torch.equal(wide_in, narrow_in)
+    assert (wide_in >= 0.99).float().mean() < 0.1  # a gradient, not a white picture
+
+
+def test_the_exif_orientation_is_applied_as_image_tools_do(tmp_path):
+    """A phone photo is stored sideways with orientation 6 (rotate 90 degrees clockwise to view)."""
+    from fastcyclegan.translate import load_image
+
+    upright = Image.new("RGB", (40, 20), (255, 0, 0))
+    upright.paste((0, 0, 255), (0, 0, 20, 20))  # left half blue, right half red, as a viewer shows it
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what the camera wrote
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    phone, reference = load_image(tmp_path / "phone.jpg", 32), load_image(tmp_path / "upright.jpg", 32)
+    assert (phone - reference).abs().mean() < 0.05
