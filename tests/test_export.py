@@ -285,3 +285,15 @@ def test_weights_fp16_cannot_hold_are_named(tmp_path):
     ):
         export_onnx(generator, tmp_path / "g.onnx", dtype="fp16")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_during_an_export_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    from fastcyclegan import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fastcyclegan.export.export_onnx", interrupted)
+    assert cli.main(["export", str(_checkpoint(tmp_path)), str(tmp_path / "g.onnx")]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted; nothing written" in err and not (tmp_path / "g.onnx").exists()
