@@ -50,6 +50,7 @@ export PY
 : > "$OUT/log.txt"
 phase setup 30 bash -c setup
 phase generator_b16 75 $BENCH bench/test_generator_bench.py --fcg-batches 16 --fcg-dtypes bf16 \
+    --fcg-backends eager,eager_cl,compiled,fast,fast_compiled,tensorrt \
     --benchmark-json="$OUT/generator_b16_bf16.json" "${SMOKE[@]}"
 phase generator_b1 72 $BENCH bench/test_generator_bench.py --fcg-batches 1 --fcg-dtypes bf16 \
     --fcg-backends eager,eager_cl,fast,fast_compiled,compiled --benchmark-json="$OUT/generator_b1_bf16.json" \

@@ -1,6 +1,8 @@
 """The PyTorch ways to run a generator, built from a reference `Generator` for one device and dtype: eager
-(NCHW or channels-last), `torch.compile`d, FastGenerator eager or compiled. `translate` runs one of them; the
-benchmark registry (`fastcyclegan.harness.backends`) adds the deployment runtimes and TensorRT on top.
+(NCHW or channels-last), `torch.compile`d (also with inductor's freezing, PyTorch's advice for CPU inference:
+weights folded into constants and pre-packed for oneDNN), FastGenerator eager or compiled. `translate` runs
+one of them; the benchmark registry (`fastcyclegan.harness.backends`) adds the deployment runtimes and
+TensorRT on top.
 
 Each variant holds a copy of the reference's weights (never shared) and says how inputs should be laid out
 for it. `torch.compile` is lazy: the first call compiles, so callers time that call apart from the rest.
@@ -18,7 +20,7 @@ from torch import Tensor, nn
 from .fast import FastGenerator
 from .reference import Generator
 
-VARIANTS = ("eager", "eager_cl", "compiled", "compiled_max_autotune", "fast", "fast_compiled")
+VARIANTS = ("eager", "eager_cl", "compiled", "compiled_frozen", "compiled_max_autotune", "fast", "fast_compiled")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -48,6 +50,8 @@ def build_variant(
         raise ValueError(f"unknown variant {name!r}; expected one of {', '.join(VARIANTS)}")
     if name == "compiled_max_autotune" and device.type != "cuda":
         raise RuntimeError(f"{name} requires CUDA")
+    if name == "compiled_frozen" and training:
+        raise RuntimeError(f"{name} folds the weights into constants: inference only")
     variant = _build(name, reference, device, dtype, "default" if training else compile_mode(device))
     variant.module.train(training)
     return variant
@@ -67,5 +71,9 @@ def _build(name: str, reference: Generator, device, dtype, mode: str) -> Variant
         return Variant(name, module, module, channels_last_input=True)
     if name == "compiled":
         return Variant(name, module, torch.compile(module, mode=mode), channels_last_input=False, compile_mode=mode)
+    if name == "compiled_frozen":  # freezing wants no autograd: the weights stop being parameters
+        options = {"freezing": True, "triton.cudagraphs": mode == "reduce-overhead"}
+        run = torch.compile(module.requires_grad_(False), options=options)
+        return Variant(name, module, run, channels_last_input=False, compile_mode=f"{mode}+freezing")
     run = torch.compile(module, mode="max-autotune")
     return Variant(name, module, run, channels_last_input=False, compile_mode="max-autotune")

@@ -23,13 +23,14 @@ CPU = torch.device("cpu")
 
 def test_cpu_backends_and_the_reasons_for_the_others():
     # the test extra installs onnxruntime and openvino: the deployment runtimes are in the CPU's default matrix
-    expected = ["eager", "eager_cl", "compiled", "fast", "fast_compiled", "onnxruntime", "openvino"]
+    expected = ["eager", "eager_cl", "compiled", "compiled_frozen", "fast", "fast_compiled", "onnxruntime", "openvino"]
     assert available_backends(CPU) == expected
     assert (
         unavailable_reason("onnxruntime", CPU, dtype=torch.bfloat16)
         == "onnxruntime runs float32 on a CPU here, not bfloat16"
     )
     assert unavailable_reason("openvino", CPU, training=True) == "openvino is an inference runtime: no training step"
+    assert "no training step" in unavailable_reason("compiled_frozen", CPU, training=True)
     assert "not wired" in unavailable_reason("onnxruntime", torch.device("cuda"))
     assert unavailable_reason("tensorrt", CPU) == "tensorrt requires CUDA"
     assert unavailable_reason("compiled_max_autotune", CPU) == "compiled_max_autotune requires CUDA"
@@ -41,7 +42,16 @@ def test_cpu_backends_and_the_reasons_for_the_others():
 
 
 @pytest.mark.parametrize(
-    "name", ["eager", "eager_cl", "fast", "onnxruntime", "openvino", pytest.param("compiled", marks=pytest.mark.slow)]
+    "name",
+    [
+        "eager",
+        "eager_cl",
+        "fast",
+        "onnxruntime",
+        "openvino",
+        pytest.param("compiled", marks=pytest.mark.slow),
+        pytest.param("compiled_frozen", marks=pytest.mark.slow),
+    ],
 )
 def test_backend_output_passes_parity(name):
     reference = Generator(1, ngf=8).eval()

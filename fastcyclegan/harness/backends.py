@@ -40,6 +40,8 @@ def unavailable_reason(
         )
     if training and name == "tensorrt":
         return "tensorrt compiles an inference engine: no training step"
+    if training and name == "compiled_frozen":
+        return "compiled_frozen folds the weights into constants (inductor's freezing): no training step"
     if name in ("tensorrt", "compiled_max_autotune") and device.type != "cuda":
         return f"{name} requires CUDA"
     if name == "tensorrt" and importlib.util.find_spec("torch_tensorrt") is None:
