@@ -6,7 +6,8 @@ ATen has no fused instance norm, so the PyTorch implementation takes six-odd pas
 square, sum, transform, activation, residual, border) and ~100 us of Python; the C kernel reads x twice (its
 blocks' statistics, then the transform) and writes the output once, border included, in one OpenMP region
 of the runtime torch itself uses. Statistics per plane in double, two passes over cache-sized blocks merged
-by Chan's formula, and the transform in double: more exact than eager's batch norm
+by Chan's formula, and the transform in double (NCHW) or in fp32 on x - mean (channels-last): more exact than
+eager's batch norm
 (bench/results/TUNING.md). NCHW and channels-last, fp32 and bf16 (read and written as bf16, no fp32 copy).
 The backward in C for fp32 NCHW with an activation (two passes over each plane, sums in double): without one
 ATen's batch-norm backward is faster, and channels-last stays on ATen too.
