@@ -553,3 +553,17 @@ def test_a_finished_run_into_an_empty_storage_is_0001_and_its_lines_stand_alone(
     assert cases and all(line.startswith("test_generator[") for line in cases), cases
     assert any("tensorrt" in line and "skipped (tensorrt requires CUDA)" in line for line in cases), cases
     assert "NOTSET" not in done.stdout and "Max (us)" not in done.stdout and "Mean (us)" not in done.stdout
+
+
+def test_the_training_modes_name_why_they_leave_a_backend_out(tmp_path):
+    """`--fcg-mode train` used to drop onnxruntime and openvino (and eager_cl) without a word."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET" and not k.startswith("PYTEST_")}
+    command = [sys.executable, "-m", "pytest", "bench/test_train_bench.py", "-q", "-p", "no:cacheprovider"]
+    command += ["--fcg-smoke", "--fcg-mode", "train", "--fcg-backends", "eager_cl,openvino", "--benchmark-disable"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (
+        "train-openvino-32px-b1-fp32-plain]: skipped (openvino is an inference runtime: no training step)"
+        in done.stdout
+    )
+    assert "train-eager_cl-32px-b1-fp32-plain]: skipped (the training step runs eager, compiled" in done.stdout
