@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import convs
+from . import convs, workspace
 from .ops import instance_norm
 from .recognition import NotConvertible
 from .reference import Generator, GeneratorLayout
@@ -33,18 +33,22 @@ def norm_site(
     relu: bool = False,
     negative_slope: float = 0.0,
     pad: int = 0,
+    buffer: tuple | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(output padded by `pad`, the same unpadded) of the instance norm after layers[conv] (its affine weight and
     bias and its eps) on that conv's output z, computed without the conv's bias (the norm removes it), with
     the activation, residual add and padding given. The bias goes to the op all the same, which gives it its
     exact gradient, zero: every parameter gets a gradient, as in the reference (DDP needs that). CPU fp32
-    training runs eager PyTorch's own layers instead (`convs.runs_aten_layers`)."""
+    training runs eager PyTorch's own layers instead (`convs.runs_aten_layers`). `buffer`: (owner module, role)
+    of the output buffer a large CPU inference writes into (`workspace`; default: this site's own)."""
     norm = layers[GeneratorLayout.norm_after(conv)]
     weight, bias, conv_bias = norm.weight, norm.bias, layers[conv].bias
     fused = dict(relu=relu, negative_slope=negative_slope, eps=norm.eps, pad=pad)
     if convs.runs_aten_layers(z, residual, weight, bias, conv_bias):
         return convs.aten_norm_site(z, residual, weight, bias, conv_bias, **fused)
-    out = instance_norm(z, residual, weight=weight, bias=bias, conv_bias=conv_bias, **fused)
+    owner, role = buffer or (layers, conv)
+    kept = workspace.kept_output(owner, role, z, pad, residual, weight, bias, conv_bias)  # large CPU inference
+    out = instance_norm(z, residual, weight=weight, bias=bias, conv_bias=conv_bias, out=kept, **fused)
     return out, (out[:, :, pad:-pad, pad:-pad] if pad else out)
 
 
@@ -89,6 +93,7 @@ class FastGenerator(Generator):
         that runs fastest for their device and dtype (`convs.weight_format`): the convs follow the weights."""
         super()._apply(fn, recurse)
         convs.place_weights(self)
+        workspace.forget(self)  # buffers of the old device or dtype
         return self
 
     @classmethod
@@ -163,12 +168,14 @@ class FastGenerator(Generator):
         # NCHW-only reflection pad and the layout copies around it).
         h = self._stem(x)
         h, _ = _conv_norm(m, at.down[0], h, relu=True)
-        h, inner = _conv_norm(m, at.down[1], h, relu=True, pad=1 if at.num_blocks else 0)
+        # the residual stream alternates between two kept buffers (a block reads one, writes the other), the
+        # blocks' inner norms share a third: three buffers for any number of blocks (`workspace`)
+        h, inner = _conv_norm(m, at.down[1], h, relu=True, pad=1 if at.num_blocks else 0, buffer=(self, "h0"))
         first, second = at.block_convs
-        for b in at.blocks:  # h: the block input reflection-padded by 1, inner the same unpadded
+        for k, b in enumerate(at.blocks):  # h: the block input reflection-padded by 1, inner the same unpadded
             block = m[b].conv_block
-            t, _ = _conv_norm(block, first, h, relu=True, pad=1)
-            h, inner = _conv_norm(block, second, t, residual=inner, pad=1)
+            t, _ = _conv_norm(block, first, h, relu=True, pad=1, buffer=(self, "t"))
+            h, inner = _conv_norm(block, second, t, residual=inner, pad=1, buffer=(self, f"h{(k + 1) % 2}"))
         h, _ = _conv_norm(m, at.up[0], inner, relu=True)
         h, _ = _conv_norm(m, at.up[1], h, relu=True, pad=3)
         out = torch.tanh(self._head(m[at.head], h))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import convs
+from . import convs, workspace
 from .fast import convert, norm_after
 from .patchgan import SLOPE, describe_discriminator_module
 from .reference import Discriminator
@@ -29,6 +29,7 @@ class FastDiscriminator(Discriminator):
         """Every move or cast also puts the conv weights in their device's and dtype's memory format."""
         super()._apply(fn, recurse)
         convs.place_weights(self)
+        workspace.forget(self)  # buffers of the old device or dtype
         return self
 
     @classmethod

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .layout import memory_format_of
+
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -56,3 +58,22 @@ def check_arguments(x, residual, weight, bias, conv_bias, eps, negative_slope, r
         raise ValueError(
             f"reflection padding needs 0 <= pad < H and W: got pad={pad} for H x W = {x.shape[2]}x{x.shape[3]}"
         )
+
+
+def check_out(out, x: Tensor, pad: int, route: str) -> None:
+    """Raises ValueError unless `out` can take the output of x padded by `pad` on this route ("direct" only:
+    autograd and the compiler need outputs of the op's own)."""
+    if route != "direct":
+        raise ValueError(
+            f"out= takes plain inference only (no autograd, no compiler, no tensor subclass), not route {route!r}"
+        )
+    n, c, h, w = x.shape
+    shape = (n, c, h + 2 * pad, w + 2 * pad)
+    fmt = memory_format_of(x)
+    if not isinstance(out, Tensor) or tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
+        got = (
+            f"shape {tuple(out.shape)}, {out.dtype} on {out.device}" if isinstance(out, Tensor) else type(out).__name__
+        )
+        raise ValueError(f"out must be a tensor of shape {shape}, {x.dtype} on {x.device}; got {got}")
+    if not out.is_contiguous(memory_format=fmt) or memory_format_of(out) != fmt:
+        raise ValueError(f"out must be in x's memory format ({str(fmt).removeprefix('torch.')}), contiguous")

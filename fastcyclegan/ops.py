@@ -15,7 +15,7 @@ from torch import Tensor
 from . import norm_cpu, norm_torch
 from .dispatch import plain, records_grad, use_triton
 from .layout import fold_reflect_pad, padded_empty, plane_layout, stats_dtype
-from .norm_checks import check_arguments
+from .norm_checks import check_arguments, check_out
 from .norm_contract import NormImplementation
 
 # ----------------------------------------------------------------------------------------------------------
@@ -75,9 +75,9 @@ def _same_layout(t: Tensor, like: Tensor) -> Tensor:
     return t if t.stride() == like.stride() else torch.empty_like(like).copy_(t)
 
 
-def _forward_impl(x, residual, weight, bias, relu: bool, eps: float, pad: int, negative_slope: float):
+def _forward_impl(x, residual, weight, bias, relu: bool, eps: float, pad: int, negative_slope: float, out=None):
     x = plane_layout(x)
-    y = padded_empty(x, pad)
+    y = padded_empty(x, pad) if out is None else out
     _, implementation = _pick(_FORWARD, x, residual, y)
     mean, rstd = implementation.instance_norm_forward(
         x, residual, y, weight=weight, bias=bias, relu=relu, eps=eps, negative_slope=negative_slope
@@ -218,6 +218,7 @@ def instance_norm(
     negative_slope: float = 0.0,
     eps: float = 1e-5,
     pad: int = 0,
+    out: Optional[Tensor] = None,
 ) -> Tensor:
     """y = IN(x) * weight + bias (affine, when given), then relu(y) if `relu` (the leaky relu of
     `negative_slope`, 0.2 in the PatchGAN discriminator, when that is not 0), then y + residual if given,
@@ -232,9 +233,15 @@ def instance_norm(
     conv: the norm would remove it exactly, so it is not read, and its gradient is exactly zero; passing it
     gives it that zero gradient (DistributedDataParallel and gradient clipping expect one for every
     parameter). Statistics are per (image, channel) over H*W and accumulate in fp32 (fp64 for fp64 x).
+    out: None, or the tensor to write the output into (the output's shape, dtype, device and memory format),
+    in plain inference only (no autograd, no compiler): buffers kept between calls (`fastcyclegan.workspace`).
     """
     check_arguments(x, residual, weight, bias, conv_bias, eps, negative_slope, relu, pad)
     if weight is not None:
         weight, bias = weight.contiguous(), bias.contiguous()  # the kernels index them with stride 1
     args = (x, residual, weight, bias, relu, float(eps), int(pad), conv_bias, float(negative_slope))
-    return _ROUTES[route(x, residual, weight, bias, conv_bias)](*args)
+    taken = route(x, residual, weight, bias, conv_bias)
+    if out is not None:
+        check_out(out, plane_layout(x), pad, taken)
+        return _forward_impl(*args[:7], args[8], out=out)[0]
+    return _ROUTES[taken](*args)
