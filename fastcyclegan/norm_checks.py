@@ -60,9 +60,9 @@ def check_arguments(x, residual, weight, bias, conv_bias, eps, negative_slope, r
         )
 
 
-def check_out(out, x: Tensor, pad: int, route: str) -> None:
+def check_out(out, x: Tensor, residual, pad: int, route: str) -> None:
     """Raises ValueError unless `out` can take the output of x padded by `pad` on this route ("direct" only:
-    autograd and the compiler need outputs of the op's own)."""
+    autograd and the compiler need outputs of the op's own) without overlapping x or the residual."""
     if route != "direct":
         raise ValueError(
             f"out= takes plain inference only (no autograd, no compiler, no tensor subclass), not route {route!r}"
@@ -77,3 +77,6 @@ def check_out(out, x: Tensor, pad: int, route: str) -> None:
         raise ValueError(f"out must be a tensor of shape {shape}, {x.dtype} on {x.device}; got {got}")
     if not out.is_contiguous(memory_format=fmt) or memory_format_of(out) != fmt:
         raise ValueError(f"out must be in x's memory format ({str(fmt).removeprefix('torch.')}), contiguous")
+    read = [t.untyped_storage().data_ptr() for t in (x, residual) if t is not None]
+    if out.untyped_storage().data_ptr() in read:
+        raise ValueError("out must not share memory with x or the residual (both are read while it is written)")

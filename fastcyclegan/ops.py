@@ -242,6 +242,6 @@ def instance_norm(
     args = (x, residual, weight, bias, relu, float(eps), int(pad), conv_bias, float(negative_slope))
     taken = route(x, residual, weight, bias, conv_bias)
     if out is not None:
-        check_out(out, plane_layout(x), pad, taken)
+        check_out(out, plane_layout(x), residual, pad, taken)
         return _forward_impl(*args[:7], args[8], out=out)[0]
     return _ROUTES[taken](*args)

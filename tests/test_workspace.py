@@ -120,6 +120,8 @@ def test_the_ops_out_takes_plain_inference_only():
         assert ops.instance_norm(x, pad=1, out=out) is out
         with pytest.raises(ValueError, match=r"out must be a tensor of shape \(1, 4, 8, 8\)"):
             ops.instance_norm(x, pad=1, out=torch.empty(1, 4, 6, 6))
+        with pytest.raises(ValueError, match="must not share memory"):
+            ops.instance_norm(x, out=x)
         with pytest.raises(ValueError, match="memory format"):
             ops.instance_norm(x, pad=1, out=torch.empty(1, 4, 8, 8).contiguous(memory_format=torch.channels_last))
     with pytest.raises(ValueError, match="out= takes plain inference only"):
