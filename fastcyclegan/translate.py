@@ -461,7 +461,14 @@ def run_translation(plan: Plan) -> Summary:
     most_waiting = max(2 * batch_size, 4 * n_writers)  # decoded outputs held for the writers, at most
     bar = _progress(len(todo), plan.progress)
     done, stopped = set(), None
+    # outputs whose write finished, settled or not: a dying decoding worker's error is raised wherever the main
+    # process is (its SIGCHLD handler), also between a batch's submissions and their bookkeeping
+    written: set[int] = set()
     start = time.perf_counter()
+
+    def write(pixels, i) -> None:
+        _write_png(pixels, outputs[i])
+        written.add(i)
 
     def settle(job, i) -> None:
         nonlocal stopped
@@ -498,7 +505,8 @@ def run_translation(plan: Plan) -> Summary:
                         batch = torch.cat([batch, batch[-1:].expand(batch_size - n, -1, -1, -1)])
                     x = run.prepare(batch.to(plan.device, plan.dtype, non_blocking=True))
                     pixels = to_uint8(run.run(x)[:n])  # .cpu(): waits for the device
-                    waiting += [(writer.submit(_write_png, pixels[k], outputs[i]), i) for k, i in enumerate(indices)]
+                    for k, i in enumerate(indices):
+                        waiting.append((writer.submit(write, pixels[k], i), i))
                 t2 = time.perf_counter()
                 summary.stages["compute"] += t2 - t1
                 while len(waiting) > most_waiting:  # push back: the writers catch up before more is decoded
@@ -515,6 +523,9 @@ def run_translation(plan: Plan) -> Summary:
         while waiting:
             settle(*waiting.popleft())
         summary.stages["write"] += time.perf_counter() - t3
+    unsettled = written - done  # written after all (the writers finished before the executor closed)
+    summary.images += len(unsettled)
+    done |= unsettled
     if stopped is not None:
         summary.failed += [(p, f"not attempted: stopped after {stopped}") for i, p in enumerate(todo) if i not in done]
     summary.seconds = time.perf_counter() - start
