@@ -215,16 +215,16 @@ static void forward_nchw(const void *x, void *out, const void *residual, const i
     }
 }
 
-/* Column sums of k pixels of c values (channels-last), then the sums of squared deviations from them. */
-static inline __attribute__((always_inline)) void pixel_block(const void *v, int64_t k, int64_t c, int bf16,
+/* Column sums of k fp32 pixels of c values (channels-last), then the sums of squared deviations from them. */
+static inline __attribute__((always_inline)) void pixel_block(const void *v, int64_t k, int64_t c,
                                                               double *mean, double *sq) {
     for (int64_t ch = 0; ch < c; ch++) mean[ch] = sq[ch] = 0;
     for (int64_t i = 0; i < k; i++)
-        for (int64_t ch = 0; ch < c; ch++) mean[ch] += load(v, i * c + ch, bf16);
+        for (int64_t ch = 0; ch < c; ch++) mean[ch] += load(v, i * c + ch, 0);
     for (int64_t ch = 0; ch < c; ch++) mean[ch] /= (double)k;
     for (int64_t i = 0; i < k; i++)
         for (int64_t ch = 0; ch < c; ch++) {
-            double d = load(v, i * c + ch, bf16) - mean[ch];
+            double d = load(v, i * c + ch, 0) - mean[ch];
             sq[ch] += d * d;
         }
 }
@@ -259,7 +259,7 @@ static void pixel_stats(const void *img, int64_t start, int64_t end, int64_t c, 
         double *bm = scratch, *sq = scratch + c;
         float *fm = (float *)scratch, *fsq = fm + c; /* bf16: fp32 sums in the first c doubles' room */
         if (bf16) pixel_block_bf16(v, k, c, fm, fsq);
-        else pixel_block(v, k, c, 0, bm, sq);
+        else pixel_block(v, k, c, bm, sq);
         double total = *count + (double)k;
         for (int64_t ch = 0; ch < c; ch++) {
             double block_mean = bf16 ? (double)fm[ch] : bm[ch], block_sq = bf16 ? (double)fsq[ch] : sq[ch];
