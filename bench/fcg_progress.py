@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fastcyclegan.atomic import atomic_file
+
 PARTIAL = "partial"
 
 
@@ -66,9 +68,8 @@ class ProgressSaver:
                 commit_info={},
             )
             self.config.hook.pytest_benchmark_update_json(config=self.config, benchmarks=s.benchmarks, output_json=data)
-            temporary = self.path.with_suffix(".tmp")
-            temporary.write_text(_dumps(data))
-            os.replace(temporary, self.path)
+            with atomic_file(self.path, prefix=f".{self.path.name}.") as f:  # a reader never sees half a file
+                f.write(_dumps(data).encode())
         except Exception as err:  # pytest-benchmark changed its internals: say so, the run goes on
             self.failed = True
             return f"results will be saved only at the end of the run ({type(err).__name__}: {err})"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import atomic_file
 from .measure import GENERATOR_SUITE, KERNEL_SUITE, UNTIMED_KEY, UNTIMED_STATUSES
 
 KEY = ["machine", "device", "mode", "size", "batch", "dtype", "norm"]
@@ -536,14 +537,13 @@ def _check_outputs(outputs: dict, inputs=()) -> None:
 
 
 def _write(label: str, path: Path, content: str | bytes) -> None:
-    """Whole or not at all: written beside the target under a temporary name, then renamed over it."""
+    """Whole or not at all (`fastcyclegan.atomic`: a temporary created exclusively beside the target, then
+    renamed over it)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(content) if isinstance(content, bytes) else tmp.write_text(content)
-        os.replace(tmp, path)
+        with atomic_file(path, prefix=f".{path.name[:200]}.") as f:
+            f.write(content if isinstance(content, bytes) else content.encode())
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise ReportError(f"--{label} {path}: cannot write ({err.strerror or err})") from None
 
 
