@@ -8,7 +8,6 @@ import math
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 from . import stopping
@@ -37,14 +36,14 @@ def missing_extra(command: str) -> str | None:
 def _report(args) -> int:
     from .harness.report import ReportError, find_result_files, report
 
-    started = time.time()
     try:
         paths = []
         for source in args.sources or [Path(".benchmarks")]:
             # a folder is a storage (its newest run per machine); anything else that exists is read as a
             # file, or named as one that cannot be (a FIFO, a device)
             paths += find_result_files(source) if source.is_dir() or not os.path.lexists(source) else [source]
-        text, problems = report(paths, args.csv, args.markdown, args.plot)
+        written: list = []
+        text, problems = report(paths, args.csv, args.markdown, args.plot, written)
     except ReportError as err:
         print(f"fastcyclegan report: {err}", file=sys.stderr)
         return 2
@@ -52,16 +51,8 @@ def _report(args) -> int:
         print(f"fastcyclegan report: skipped {problem}", file=sys.stderr)
     if args.print or not (args.csv or args.markdown or args.plot):
         print(text, end="")
-    kernels_csv = args.csv.with_suffix(".kernels.csv") if args.csv and str(args.csv) != "-" else None
-    outputs = (
-        ("CSV", args.csv),
-        ("CSV of the kernel bench", kernels_csv),
-        ("markdown", args.markdown),
-        ("plot", args.plot),
-    )
-    for label, path in outputs:  # what this run wrote (the kernels' CSV only where the files hold kernel results)
-        if path and str(path) != "-" and Path(path).exists() and Path(path).stat().st_mtime >= started - 1:
-            print(f"wrote {label}: {path}", file=sys.stderr)
+    for label, path in written:
+        print(f"wrote {label}: {path}", file=sys.stderr)
     if problems:
         print(f"fastcyclegan report: {len(problems)} file(s) or result(s) skipped", file=sys.stderr)
         return 1

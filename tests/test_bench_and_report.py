@@ -567,3 +567,20 @@ def test_the_training_modes_name_why_they_leave_a_backend_out(tmp_path):
         in done.stdout
     )
     assert "train-eager_cl-32px-b1-fp32-plain]: skipped (the training step runs eager, compiled" in done.stdout
+
+
+def test_the_cli_names_the_files_it_wrote_and_only_those(suite_json, tmp_path):
+    stale = tmp_path / "out.kernels.csv"
+    generator_only = _with(suite_json, tmp_path, "gen.json", lambda d: d.update(benchmarks=_generator_rows(d)))
+    stale.write_text("an older run's\n")
+    command = [sys.executable, "-m", "fastcyclegan", "report", "--csv", str(tmp_path / "out.csv")]
+    done = subprocess.run([*command, str(generator_only)], capture_output=True, text=True)
+    assert done.returncode == 0 and "wrote CSV:" in done.stderr and "kernel bench" not in done.stderr, done.stderr
+    done = subprocess.run(
+        [*command, str(suite_json), "--markdown", str(tmp_path / "out.md")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"wrote CSV of the kernel bench: {stale}" in done.stderr
+        and f"wrote markdown: {tmp_path / 'out.md'}" in done.stderr
+    )

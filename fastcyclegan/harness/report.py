@@ -547,9 +547,11 @@ def _write(label: str, path: Path, content: str | bytes) -> None:
         raise ReportError(f"--{label} {path}: cannot write ({err.strerror or err})") from None
 
 
-def report(paths, csv_path=None, markdown_path=None, plot_path=None) -> tuple[str, list[str]]:
-    """Write what was asked for; return (markdown, problems). `csv_path` "-" means standard output.
-    Raises ReportError if nothing could be read or an output cannot be written (checked before any is)."""
+def report(paths, csv_path=None, markdown_path=None, plot_path=None, written=None) -> tuple[str, list[str]]:
+    """Write what was asked for; return (markdown, problems). `csv_path` "-" means standard output; `written`,
+    a list, gets a (what, path) for each file written. Raises ReportError if nothing could be read or an output
+    cannot be written (checked before any is)."""
+    wrote = [] if written is None else written
     _check_outputs({"csv": csv_path, "markdown": markdown_path, "plot": plot_path}, paths)
     if plot_path:
         try:
@@ -561,7 +563,7 @@ def report(paths, csv_path=None, markdown_path=None, plot_path=None) -> tuple[st
         raise ReportError("no fastcyclegan results could be read:\n  " + "\n  ".join(problems))
     problems += _superseded(gen_raw, KEY + ["backend"]) + _superseded(kernel_raw, KERNEL_KEY)
     gen, kernel = generator_table(gen_raw), kernel_table(kernel_raw)
-    problems += [  # a case that failed in the run: its result is missing, say so (a peer's parity failure is one)
+    problems += [  # a case that failed in the run: its result is missing, say so (a peer's failed parity is a result)
         f"{r.source}: {r.backend} {r.size}x{r.size} batch {r.batch} {r.dtype} ({r.mode}) failed in the run: {r.reason}"
         for r in gen[gen.status == "failed"].itertuples()
     ]
@@ -574,10 +576,13 @@ def report(paths, csv_path=None, markdown_path=None, plot_path=None) -> tuple[st
             sys.stdout.write("\n".join(tables))
         else:
             _write("csv", csv_path, tables[0])
+            wrote.append(("CSV", csv_path))
             if len(tables) > 1:
                 _write("csv", Path(csv_path).with_suffix(".kernels.csv"), tables[1])
+                wrote.append(("CSV of the kernel bench", Path(csv_path).with_suffix(".kernels.csv")))
     if markdown_path:
         _write("markdown", markdown_path, text)
+        wrote.append(("markdown", markdown_path))
     if plot_path:
         if gen.empty:
             problems.append(f"{plot_path}: not written, no timed generator results")
@@ -586,5 +591,6 @@ def report(paths, csv_path=None, markdown_path=None, plot_path=None) -> tuple[st
             notes = plot(gen, buffer, _PLOT_FORMATS[Path(plot_path).suffix.lower()])
             if buffer.getvalue():
                 _write("plot", plot_path, buffer.getvalue())
+                wrote.append(("plot", plot_path))
             problems += notes
     return text, problems
