@@ -55,11 +55,17 @@ def place_weights(module: nn.Module) -> None:
 
 def activation_format(x: Tensor, stem: nn.Conv2d) -> torch.memory_format:
     """The layout of the network's activations for input x: channels-last where the convs run on oneDNN
-    pre-packed weights (CPU fp32 inference: `onednn.usable`) and the network is wide enough for it to pay,
-    else the weights' format."""
+    pre-packed weights (CPU inference: `onednn.usable`) and the network is wide enough for it to pay, else the
+    weights' format (channels-last too for bf16, which has no NCHW path worth taking on a CPU)."""
     if x.shape[2] * x.shape[3] * stem.out_channels >= PACKED_MIN_STEM_OUTPUTS and onednn.usable(x, stem):
         return torch.channels_last
     return conv_memory_format(stem.weight.device, stem.weight.dtype)
+
+
+def runs_packed(x: Tensor, stem: nn.Conv2d) -> bool:
+    """Whether a network whose first conv is `stem` runs input x channels-last on pre-packed oneDNN weights
+    (`activation_format`): CPU inference in fp32 or natively run bf16, never autograd, a GPU or tracing."""
+    return activation_format(x, stem) == torch.channels_last and onednn.usable(x, stem)
 
 
 def _packed(h: Tensor, conv: nn.Module) -> bool:
@@ -76,6 +82,8 @@ def _transposed(conv: nn.ConvTranspose2d, h: Tensor) -> Tensor:
     (1x128x64x64 -> 64 channels, forward + backward: 21.7 against 19.3 ms; bench/results/TUNING.md)."""
     nchw = h.stride(1) != 1 or h.shape[1] == 1
     weight = conv.weight
+    if not nchw and onednn.usable(h, conv):  # inference: a pre-packed weight
+        return onednn.conv_transpose2d(conv, h.contiguous(memory_format=torch.channels_last), None)
     if nchw and records_grad(h, weight):
         fmt = torch.contiguous_format
         weight = weight.contiguous()
@@ -94,16 +102,33 @@ def _transposed(conv: nn.ConvTranspose2d, h: Tensor) -> Tensor:
     return z.contiguous() if nchw else z
 
 
-def conv_without_bias(conv: nn.Conv2d | nn.ConvTranspose2d, h: Tensor) -> Tensor:
+def conv_without_bias(conv: nn.Conv2d | nn.ConvTranspose2d, h: Tensor, out: Tensor | None = None) -> Tensor:
     """conv(h) without its bias. Every conv but the head feeds an instance norm, which removes a per-channel
     constant exactly: IN(z + b) = IN(z), affine or not. So the add is wasted work (on cuDNN's channels-last
     path a kernel of its own per conv); the parameter and its key stay, and the norm after the conv gives it
-    its exact gradient, zero (`fast.norm_site`)."""
+    its exact gradient, zero (`fast.norm_site`). out: None, or where `writes_into(conv, h)`, a buffer of the
+    output's shape, dtype and layout to write it into (`onednn.conv2d`)."""
     if isinstance(conv, nn.ConvTranspose2d):
         return _transposed(conv, h)
     if _packed(h, conv):
-        return onednn.conv2d(conv, h, None)
+        return onednn.conv2d(conv, h, None, out=out)
     return conv._conv_forward(h, conv.weight, None)
+
+
+def writes_into(conv: nn.Module, h: Tensor) -> bool:
+    """Whether `conv_without_bias(conv, h, out=...)` can write into a buffer: a conv on pre-packed weights (the
+    transposed conv's oneDNN op has no in-place variant)."""
+    return isinstance(conv, nn.Conv2d) and _packed(h, conv) and onednn.writes_into_buffers()
+
+
+def output_shape(conv: nn.Conv2d | nn.ConvTranspose2d, h: Tensor) -> tuple[int, int, int, int]:
+    """The shape of conv(h), from the conv's geometry (PyTorch's formulas for both kinds)."""
+    geometry = zip(h.shape[2:], conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+    if isinstance(conv, nn.ConvTranspose2d):
+        size = [(n - 1) * s - 2 * p + d * (k - 1) + o + 1 for (n, k, s, p, d), o in zip(geometry, conv.output_padding)]
+    else:
+        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in geometry]
+    return (h.shape[0], conv.out_channels, *size)
 
 
 def conv_with_bias(conv: nn.Conv2d, h: Tensor) -> Tensor:

@@ -34,22 +34,29 @@ def norm_site(
     negative_slope: float = 0.0,
     pad: int = 0,
     buffer: tuple | None = None,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(output padded by `pad`, the same unpadded) of the instance norm after layers[conv] (its affine weight and
     bias and its eps) on that conv's output z, computed without the conv's bias (the norm removes it), with
     the activation, residual add and padding given. The bias goes to the op all the same, which gives it its
     exact gradient, zero: every parameter gets a gradient, as in the reference (DDP needs that). CPU fp32
     training runs eager PyTorch's own layers instead (`convs.runs_aten_layers`). `buffer`: (owner module, role)
-    of the output buffer a large CPU inference writes into (`workspace`; default: this site's own)."""
+    of the output buffer a large CPU inference writes into (`workspace`; default: this site's own); `out`: that
+    buffer itself (a group of images' part of it)."""
     norm = layers[GeneratorLayout.norm_after(conv)]
     weight, bias, conv_bias = norm.weight, norm.bias, layers[conv].bias
     fused = dict(relu=relu, negative_slope=negative_slope, eps=norm.eps, pad=pad)
     if convs.runs_aten_layers(z, residual, weight, bias, conv_bias):
         return convs.aten_norm_site(z, residual, weight, bias, conv_bias, **fused)
-    owner, role = buffer or (layers, conv)
-    kept = workspace.kept_output(owner, role, z, pad, residual, weight, bias, conv_bias)  # large CPU inference
-    out = instance_norm(z, residual, weight=weight, bias=bias, conv_bias=conv_bias, out=kept, **fused)
-    return out, (out[:, :, pad:-pad, pad:-pad] if pad else out)
+    if out is None:
+        owner, role = buffer or (layers, conv)
+        out = workspace.kept_output(owner, role, z, pad, residual, weight, bias, conv_bias)  # large CPU inference
+    out = instance_norm(z, residual, weight=weight, bias=bias, conv_bias=conv_bias, out=out, **fused)
+    return out, _interior(out, pad)
+
+
+def _interior(t: Tensor, pad: int) -> Tensor:
+    return t[:, :, pad:-pad, pad:-pad] if pad else t
 
 
 def norm_after(layers: nn.Sequential, conv: int, z: Tensor, **fused) -> Tensor:
@@ -68,9 +75,30 @@ def convert(cls: type[nn.Module], module: nn.Module, describe) -> nn.Module:
     return spec.build(cls).to(device=first.device, dtype=first.dtype).train(module.training)
 
 
-def _conv_norm(layers: nn.Sequential, conv: int, h: Tensor, **fused) -> tuple[Tensor, Tensor]:
-    """layers[conv](h), bias-free, through the fused norm after it: (padded, unpadded) as `norm_site`."""
-    return norm_site(layers, conv, convs.conv_without_bias(layers[conv], h), **fused)
+def _conv_norm(owner: nn.Module, layers: nn.Sequential, conv: int, h: Tensor, **fused) -> tuple[Tensor, Tensor]:
+    """layers[conv](h), bias-free, through the fused norm after it: (padded, unpadded) as `norm_site`. A conv
+    output too large for the allocator to keep (`workspace.LARGE_BYTES`, CPU inference) is written into a
+    scratch buffer `owner` keeps, or, where the conv cannot write into one (a transposed conv), made a group of
+    images at a time, each group's norm writing its part of the site's output buffer."""
+    layer = layers[conv]
+    shape = convs.output_shape(layer, h)
+    norm = layers[GeneratorLayout.norm_after(conv)]
+    residual, pad = fused.pop("residual", None), fused.get("pad", 0)
+    others = (residual, layer.weight, layer.bias, norm.weight, norm.bias)
+    scratch = workspace.scratch(owner, shape, h, *others) if convs.writes_into(layer, h) else None
+    step = workspace.images_per_group(shape, h, *others) if scratch is None else shape[0]
+    if step >= shape[0]:
+        z = convs.conv_without_bias(layer, h, out=scratch)
+        return norm_site(layers, conv, z, residual=residual, **fused)
+    out = None
+    for start in range(0, shape[0], step):
+        z = convs.conv_without_bias(layer, h[start : start + step])
+        if out is None:  # the site's buffer for the whole batch: kept, as `images_per_group` found buffers in play
+            site_owner, role = fused.get("buffer") or (layers, conv)
+            out = workspace.kept_output(site_owner, role, z, pad, *others, images=shape[0])
+        part = None if residual is None else residual[start : start + step]
+        norm_site(layers, conv, z, residual=part, out=out[start : start + step], **fused)
+    return out, _interior(out, pad)
 
 
 def min_input_size(num_blocks: int) -> int:
@@ -113,9 +141,10 @@ class FastGenerator(Generator):
         """Compile in place with `fullgraph=True` (the fused ops stay single nodes) and return self.
 
         mode="reduce-overhead" adds CUDA graphs, which pays at small batches on a GPU. Calls that would run on
-        a CPU's pre-packed oneDNN weights (fp32 inference, `convs.activation_format`) take the uncompiled path:
-        inductor packs weights only when freezing and fuses nothing into the fused op, so compiled they ran
-        1.1x the eager path's time (bench/results/TUNING.md). Autograd, half precision and GPUs run compiled.
+        a CPU's pre-packed oneDNN weights (inference in fp32 or natively run bf16, `convs.runs_packed`) take the
+        uncompiled path: inductor packs weights only when freezing and fuses nothing into the fused op, so
+        compiled they ran 1.1x the eager path's time in fp32, 1.07-1.08x in bf16 (bench/results/TUNING.md).
+        Autograd, fp16 and GPUs run compiled.
         """
         super().compile(fullgraph=True, mode=mode, dynamic=dynamic, **options)
         compiled = self._compiled_call_impl
@@ -130,9 +159,8 @@ class FastGenerator(Generator):
         return self
 
     def _runs_packed(self, x: Tensor) -> bool:
-        """Whether forward(x) runs channels-last on pre-packed oneDNN weights (CPU fp32 inference)."""
-        stem = self.model[self.layout.stem]
-        return convs.activation_format(x, stem) == torch.channels_last and stem.weight.device == x.device
+        """Whether forward(x) runs channels-last on pre-packed oneDNN weights (CPU inference, fp32 or bf16)."""
+        return convs.runs_packed(x, self.model[self.layout.stem])
 
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -154,7 +182,7 @@ class FastGenerator(Generator):
         """relu(IN(stem(reflect(x, 3)))): the activations take their layout here (`convs.activation_format`)."""
         stem = self.model[self.layout.stem]
         h = _reflect(x, 3).contiguous(memory_format=convs.activation_format(x, stem))
-        return _conv_norm(self.model, self.layout.stem, h, relu=True)[0]
+        return _conv_norm(self, self.model, self.layout.stem, h, relu=True)[0]
 
     def _head(self, head: nn.Conv2d, h: Tensor) -> Tensor:
         """head(h), with its bias."""
@@ -167,16 +195,16 @@ class FastGenerator(Generator):
         # before it (pad=...), so no activation takes a separate padding pass (or, on CUDA, ATen's
         # NCHW-only reflection pad and the layout copies around it).
         h = self._stem(x)
-        h, _ = _conv_norm(m, at.down[0], h, relu=True)
+        h, _ = _conv_norm(self, m, at.down[0], h, relu=True)
         # the residual stream alternates between two kept buffers (a block reads one, writes the other), the
         # blocks' inner norms share a third: three buffers for any number of blocks (`workspace`)
-        h, inner = _conv_norm(m, at.down[1], h, relu=True, pad=1 if at.num_blocks else 0, buffer=(self, "h0"))
+        h, inner = _conv_norm(self, m, at.down[1], h, relu=True, pad=1 if at.num_blocks else 0, buffer=(self, "h0"))
         first, second = at.block_convs
         for k, b in enumerate(at.blocks):  # h: the block input reflection-padded by 1, inner the same unpadded
             block = m[b].conv_block
-            t, _ = _conv_norm(block, first, h, relu=True, pad=1, buffer=(self, "t"))
-            h, inner = _conv_norm(block, second, t, residual=inner, pad=1, buffer=(self, f"h{(k + 1) % 2}"))
-        h, _ = _conv_norm(m, at.up[0], inner, relu=True)
-        h, _ = _conv_norm(m, at.up[1], h, relu=True, pad=3)
+            t, _ = _conv_norm(self, block, first, h, relu=True, pad=1, buffer=(self, "t"))
+            h, inner = _conv_norm(self, block, second, t, residual=inner, pad=1, buffer=(self, f"h{(k + 1) % 2}"))
+        h, _ = _conv_norm(self, m, at.up[0], inner, relu=True)
+        h, _ = _conv_norm(self, m, at.up[1], h, relu=True, pad=3)
         out = torch.tanh(self._head(m[at.head], h))
         return out.contiguous()  # the reference returns NCHW whatever the input layout (its norms do)

@@ -1,12 +1,14 @@
-"""CPU fp32 inference convolutions with their weights reordered for oneDNN once, not at every call.
+"""CPU inference convolutions (fp32 and bf16) with their weights reordered for oneDNN once, not at every call.
 
-`F.conv2d` on a CPU hands oneDNN a plain weight, which oneDNN reorders into its blocked layout on every
-call (the larger cost with channels-last activations). Here the reordered weight is kept, keyed by the
-weight's storage and version (an in-place update, `load_state_dict`, `.to()` all re-pack), and the conv runs
-through ATen's `mkldnn::_convolution_pointwise`, the op inductor's CPU freezing pass uses. Only for plain
-inference (no gradient wanted, not traced by torch.compile) on plain fp32 CPU tensors, and only where this
-torch build has oneDNN and the op: `usable` says so, and otherwise the caller runs `F.conv2d`.
-Measured gain and the A/B: bench/results/TUNING.md, CPU path.
+`F.conv2d` and `F.conv_transpose2d` on a CPU hand oneDNN a plain weight, which oneDNN reorders into its
+blocked layout on every call (a 256x256x3x3 bf16 weight: 0.16 ms a call, a tenth of a 1x256x34x34 conv).
+Here the reordered weight is kept, keyed by the weight's storage and version (an in-place update,
+`load_state_dict`, `.to()` all re-pack), and the conv runs through ATen's `mkldnn::_convolution_pointwise`
+(`_convolution_transpose_pointwise` for transposed convs), the ops inductor's CPU freezing pass uses: the same
+oneDNN kernels, the same values. Only for plain inference (no gradient wanted, not traced by torch.compile) on
+plain CPU tensors in fp32, or bf16 where oneDNN runs it natively, and only where this torch build has oneDNN
+and the ops: `usable` says so, and otherwise the caller runs `F.conv2d`. Measured gain and the A/B:
+bench/results/TUNING.md, CPU path.
 """
 
 from __future__ import annotations
@@ -29,19 +31,37 @@ def _has_ops() -> bool:
     )
 
 
+@functools.cache
+def _has_transposed_ops() -> bool:
+    mkldnn = torch.ops.mkldnn
+    return all(
+        hasattr(mkldnn, op) for op in ("_convolution_transpose_pointwise", "_reorder_convolution_transpose_weight")
+    )
+
+
+@functools.cache
+def _dtypes() -> tuple[torch.dtype, ...]:
+    """fp32, and bf16 where oneDNN runs it natively (avx512_bf16, AMX; elsewhere ATen's bf16 conv is not oneDNN's)."""
+    return (torch.float32, torch.bfloat16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
+
+
 def usable(h: Tensor, conv: nn.Module) -> bool:
-    """Whether conv(h) may run on the pre-packed weight: a Conv2d (groups 1, no padding mode other than
-    zeros: the caller pads), plain fp32 CPU tensors, inference without autograd or compiler tracing."""
+    """Whether conv(h) may run on the pre-packed weight: a Conv2d or ConvTranspose2d (groups 1, no padding mode
+    other than zeros: the caller pads), plain CPU tensors of one dtype, fp32 or natively run bf16, inference
+    without autograd or compiler tracing."""
     if torch.compiler.is_compiling():  # inductor has its own packing (freezing); traced code gets F.conv2d
         return False
-    if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or not isinstance(conv.padding, tuple):
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    if not isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) or conv.groups != 1 or not isinstance(conv.padding, tuple):
         return False
     weight = conv.weight
     if conv.padding_mode != "zeros" or not (_has_ops() and torch.backends.mkldnn.enabled):
         return False
+    if transposed and not (_has_transposed_ops() and all(p < s for p, s in zip(conv.output_padding, conv.stride))):
+        return False
     if type(h) is not Tensor or type(weight.data) is not Tensor:
         return False
-    if h.device.type != "cpu" or h.dtype != torch.float32 or weight.dtype != torch.float32:
+    if h.device.type != "cpu" or h.dtype != weight.dtype or h.dtype not in _dtypes():
         return False
     return not records_grad(h, weight)
 
@@ -50,6 +70,7 @@ def usable(h: Tensor, conv: nn.Module) -> bool:
 # one dictionary per way of packing (plain, 2x2-blocked)
 _PACKED = WeakIdKeyDictionary()
 _PACKED_BLOCKED = WeakIdKeyDictionary()
+_PACKED_TRANSPOSED = WeakIdKeyDictionary()
 _BLOCKED = WeakIdKeyDictionary()  # 2x2-blocked, not packed: half precision
 
 
@@ -123,6 +144,34 @@ def conv2d_blocked_2x2(conv: nn.Conv2d, h: Tensor, bias: Tensor | None) -> Tenso
     return torch.nn.functional.pixel_shuffle(torch.nn.functional.conv2d(h, blocked, bias, stride=2), 2)
 
 
-def conv2d(conv: nn.Conv2d, h: Tensor, bias: Tensor | None) -> Tensor:
-    """conv(h) with `bias` (None: without), in h's memory format; call only where `usable(h, conv)`."""
-    return _pointwise(h, _packed_weight(conv, h), bias, *_geometry(conv))
+def writes_into_buffers() -> bool:
+    """Whether this torch build has the in-place pointwise op `conv2d(..., out=)` runs on."""
+    return hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
+
+
+def conv2d(conv: nn.Conv2d, h: Tensor, bias: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """conv(h) with `bias` (None: without), in h's memory format; call only where `usable(h, conv)`. out: None,
+    or a tensor of the output's shape, dtype and layout to write it into (where `writes_into_buffers()`): zeroed,
+    then the conv's result added by oneDNN's in-place pointwise op (the op inductor fuses conv + add into; it has
+    no plain variant with an output). Adding to zeros changes no value (but -0.0 into +0.0)."""
+    packed = _packed_weight(conv, h)
+    if out is None:
+        return _pointwise(h, packed, bias, *_geometry(conv))
+    out.zero_()
+    add = torch.ops.mkldnn._convolution_pointwise_.binary
+    return add(out, h, packed, bias, *_geometry(conv), 1, "add", None, None, [], None)
+
+
+def conv_transpose2d(conv: nn.ConvTranspose2d, h: Tensor, bias: Tensor | None) -> Tensor:
+    """conv(h) with `bias` (None: without), in h's memory format; call only where `usable(h, conv)`. The
+    transposed weight is reordered from its dense tensor (oneDNN's opaque tensors have no transposed reorder)."""
+    padding, stride, dilation = _geometry(conv)
+    output_padding = list(conv.output_padding)
+
+    def make(weight: Tensor) -> Tensor:
+        reorder = torch.ops.mkldnn._reorder_convolution_transpose_weight
+        return reorder(weight, padding, output_padding, stride, dilation, 1, list(h.shape))
+
+    packed = _cached(_PACKED_TRANSPOSED, conv, make)
+    transpose = torch.ops.mkldnn._convolution_transpose_pointwise
+    return transpose(h, packed, bias, padding, output_padding, stride, dilation, 1, "none", [], "")

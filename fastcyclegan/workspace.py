@@ -1,15 +1,18 @@
-"""Output buffers kept between inference calls for the fast modules' large norm outputs on a CPU.
+"""Buffers kept between inference calls for the fast modules' large activations on a CPU.
 
-glibc hands freed blocks over its mmap threshold (32 MB at most) and the heap's free top back to the kernel,
+glibc hands freed blocks over its mmap threshold (32 MiB at most) and the heap's free top back to the kernel,
 so large activations are faulted in page by page again at every forward: a 4x64x256x256 bf16 norm took
 15.6 ms into a fresh output against 9.0 ms into a reused one (2-core EPYC, bench/results/TUNING.md). OpenVINO
-plans its memory once; here each norm site (or role: FastGenerator's residual stream alternates between two
-buffers and its blocks' inner norms share a third) keeps its output buffer per thread and writes into it at
-the next call. Only in plain inference (no autograd, no compiler) and only above KEEP_BYTES. What it keeps is
-about one forward's activations: 7 buffers for any number of blocks (65 MB at 256x256 batch 1 fp32). The
-buffers live as long as their module (a weak reference keys them: never pickled, copied or in a state dict)
-and are dropped when it moves or casts. Nothing a forward returns is one of them: the next layer reads a
-norm's output, the module returns its own.
+plans its memory once; here
+- each norm site (or role: FastGenerator's residual stream alternates between two buffers and its blocks'
+  inner norms share a third) keeps its output buffer per thread and writes into it at the next call, above
+  KEEP_BYTES (`kept_output`): 7 buffers for any number of blocks (65 MB at 256x256 batch 1 fp32);
+- a conv output of LARGE_BYTES or more, which glibc always serves with fresh pages, is written into a scratch
+  buffer kept per shape (`scratch`: each conv's output is dead once the norm after it has read it), or made a
+  group of images at a time where the conv cannot write into a buffer (`images_per_group`).
+Only in plain inference (no autograd, no compiler). The buffers live as long as their module (a weak
+reference keys them: never pickled, copied or in a state dict) and are dropped when it moves or casts.
+Nothing a forward returns is one of them: the next layer reads a norm's output, the module returns its own.
 """
 
 from __future__ import annotations
@@ -21,30 +24,73 @@ import torch
 from torch import Tensor, nn
 
 from .dispatch import plain, records_grad
-from .layout import memory_format_of, padded_empty
+from .layout import memory_format_of
 
 KEEP_BYTES = 1 << 20  # smaller outputs come from the allocator's cached chunks without faults
+# glibc's largest mmap threshold on 64-bit: blocks this large are mapped fresh at every allocation (a 4x3x262x262
+# -> 64 channel bf16 conv, 32 MiB out: 15.3 ms with its 8,193 faults, 7.7 ms into a zeroed kept buffer); below it
+# the heap usually keeps its pages and a fresh output is as fast as a buffer (bench/results/TUNING.md)
+LARGE_BYTES = 32 << 20
 _kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {thread: {site: tensor}}
 _lock = threading.Lock()
 
 
-def kept_output(owner: nn.Module, site, x: Tensor, pad: int, *others) -> Tensor | None:
+def in_play(x: Tensor, *others) -> bool:
+    """Whether buffers are kept for a call on x (and these parameters): plain inference on a CPU."""
+    return x.device.type == "cpu" and not records_grad(x, *others) and plain(x, *others)
+
+
+def _per_thread(owner: nn.Module) -> dict:
+    with _lock:
+        return _kept.setdefault(owner, {}).setdefault(threading.get_ident(), {})
+
+
+def _buffer(owner: nn.Module, key, shape: tuple, like: Tensor) -> Tensor:
+    """The kept buffer `key` of owner on this thread, (re)made when its shape, dtype or layout changed."""
+    per_thread = _per_thread(owner)
+    buffer = per_thread.get(key)
+    fmt = memory_format_of(like)
+    if buffer is None or tuple(buffer.shape) != shape or buffer.dtype != like.dtype or memory_format_of(buffer) != fmt:
+        with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
+            buffer = per_thread[key] = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+    return buffer
+
+
+def kept_output(owner: nn.Module, site, x: Tensor, pad: int, *others, images: int | None = None) -> Tensor | None:
     """The buffer norm site `site` of `owner` writes x's output (padded by `pad`) into on this thread, kept
-    between calls; None where a fresh tensor is right (autograd, tracing, a GPU, a small output)."""
-    if x.device.type != "cpu" or records_grad(x, *others) or not plain(x, *others):
+    between calls; None where a fresh tensor is right (autograd, tracing, a GPU, a small output). `images`: the
+    batch the buffer holds when x is its first group of images (default: x's batch)."""
+    if not in_play(x, *others):
         return None
     n, c, h, w = x.shape
-    if n * c * (h + 2 * pad) * (w + 2 * pad) * x.element_size() <= KEEP_BYTES:
+    shape = (images or n, c, h + 2 * pad, w + 2 * pad)
+    if _bytes(shape, x) <= KEEP_BYTES:
         return None
-    with _lock:
-        per_thread = _kept.setdefault(owner, {}).setdefault(threading.get_ident(), {})
-    buffer = per_thread.get(site)
-    fmt = memory_format_of(x)
-    shape = (n, c, h + 2 * pad, w + 2 * pad)
-    if buffer is None or tuple(buffer.shape) != shape or buffer.dtype != x.dtype or memory_format_of(buffer) != fmt:
-        with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
-            buffer = per_thread[site] = padded_empty(x, pad)
-    return buffer
+    return _buffer(owner, site, shape, x)
+
+
+def _bytes(shape: tuple, like: Tensor) -> int:
+    return shape[0] * shape[1] * shape[2] * shape[3] * like.element_size()
+
+
+def scratch(owner: nn.Module, shape: tuple, like: Tensor, *others) -> Tensor | None:
+    """A buffer of `shape` in like's dtype and layout for an output of LARGE_BYTES or more, kept on this thread
+    and shared by every output of that shape under `owner` (each caller is done with it before the next takes
+    it); None where a fresh tensor is right (autograd, tracing, a GPU, an output under LARGE_BYTES)."""
+    if _bytes(shape, like) < LARGE_BYTES or not in_play(like, *others):
+        return None
+    return _buffer(owner, ("scratch", shape), shape, like)
+
+
+def images_per_group(shape: tuple, like: Tensor, *others) -> int:
+    """How many images of an output of `shape` to make at a time so that each group's output stays under
+    LARGE_BYTES, in groups of equal size; the whole batch where buffers are not kept or one image is that large."""
+    n = shape[0]
+    if _bytes(shape, like) < LARGE_BYTES or not in_play(like, *others):
+        return n
+    step = max(1, (LARGE_BYTES - 1) // _bytes((1, *shape[1:]), like))
+    groups = -(-n // step)
+    return -(-n // groups)
 
 
 def forget(module: nn.Module) -> None:

@@ -276,6 +276,21 @@ def test_compile_routes_cpu_fp32_inference_to_the_packed_eager_path(torch_fallba
     assert counters["frames"]["ok"] == 0 and counters["stats"]["calls_captured"] == 0, dict(counters)
 
 
+def test_only_cpu_inference_on_packed_weights_skips_the_compiled_graph():
+    """`_runs_packed`, the calls compile() sends to the eager path: CPU inference on pre-packed weights only,
+    never autograd, never another device (it once held for every channels-last call, so on a GPU compile()
+    compiled nothing), bf16 where oneDNN runs it natively."""
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    fast = FastGenerator(1, ngf=8)
+    bf16 = FastGenerator(1, ngf=8).bfloat16()
+    meta = FastGenerator(1, ngf=8).to("meta", torch.float16)  # stands for a GPU: channels-last fp16 activations
+    assert not fast._runs_packed(x) and not bf16._runs_packed(x.bfloat16())  # autograd
+    with torch.no_grad():
+        assert fast._runs_packed(x)
+        assert bf16._runs_packed(x.bfloat16()) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        assert not meta._runs_packed(x.to("meta", torch.float16))
+
+
 @pytest.mark.slow
 def test_compile_still_compiles_what_the_packed_path_does_not_run(torch_fallback):
     from torch._dynamo.utils import counters

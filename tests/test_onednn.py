@@ -1,5 +1,6 @@
-"""CPU fp32 inference convs on oneDNN pre-packed weights (fastcyclegan.onednn): same values as F.conv2d, any
-input size and layout, re-packed when the weights change, never used where autograd or other dtypes run."""
+"""CPU inference convs on oneDNN pre-packed weights (fastcyclegan.onednn): same values as F.conv2d and
+F.conv_transpose2d, any input size and layout, fp32 and natively run bf16, re-packed when the weights change,
+never used where autograd or other dtypes run."""
 
 import pytest
 import torch
@@ -75,19 +76,51 @@ def test_changed_weights_are_packed_again():
         torch.testing.assert_close(onednn.conv2d(conv, x, None), F.conv2d(x, conv.weight))
 
 
-def test_only_plain_fp32_inference_uses_it():
+BF16_NATIVE = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+NEEDS_BF16 = pytest.mark.skipif(not BF16_NATIVE, reason="this CPU has no native bf16 (oneDNN's bf16 check)")
+
+
+def test_only_plain_inference_in_fp32_or_native_bf16_uses_it():
     conv = nn.Conv2d(4, 4, 3)
     x = torch.randn(1, 4, 8, 8)
     assert not onednn.usable(x, conv)  # grad enabled and the weight requires it: autograd needs F.conv2d
     with torch.no_grad():
         assert onednn.usable(x, conv)
+        assert onednn.usable(x, nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1))
+        assert onednn.usable(x.bfloat16(), conv.bfloat16()) == BF16_NATIVE  # elsewhere ATen's bf16 conv is not oneDNN's
         assert not onednn.usable(x.double(), conv.double())
-        assert not onednn.usable(x.bfloat16(), conv.bfloat16())
+        assert not onednn.usable(x.half(), conv.half())
+        assert not onednn.usable(x, nn.Conv2d(4, 4, 3).bfloat16())  # mixed dtypes: F.conv2d says what is wrong
         assert not onednn.usable(x, nn.Conv2d(4, 4, 3, groups=2))
+        assert not onednn.usable(x, nn.ConvTranspose2d(4, 4, 3, groups=2))
         assert not onednn.usable(x, nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
-        assert not onednn.usable(x, nn.ConvTranspose2d(4, 4, 3))
         with torch.backends.mkldnn.flags(enabled=False):
             assert not onednn.usable(x, conv)
+
+
+DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=NEEDS_BF16)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_transposed_conv_equals_conv_transpose2d(dtype):
+    """The generator's up-convs (stride 2, padding 1, output padding 1) on a pre-packed weight: F.conv_transpose2d's
+    values exactly (the same oneDNN kernel) at sizes other than the one packed for, with and without bias;
+    packed again when the weight changes."""
+    torch.manual_seed(0)
+    conv = nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1).to(dtype)
+    conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for size in (6, 11, 4):
+            x = torch.randn(2, 16, size, size + 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            assert onednn.usable(x, conv)
+            for bias in (conv.bias, None):
+                y = onednn.conv_transpose2d(conv, x, bias)
+                expected = F.conv_transpose2d(x, conv.weight, bias, 2, 1, 1)
+                assert y.shape == expected.shape and y.dtype == dtype
+                assert torch.equal(y, expected)
+        first = onednn.conv_transpose2d(conv, x, None)
+        conv.weight.mul_(2)
+        torch.testing.assert_close(onednn.conv_transpose2d(conv, x, None), 2 * first)
 
 
 def test_fast_generator_inference_runs_on_packed_weights(monkeypatch, torch_fallback):
@@ -99,7 +132,9 @@ def test_fast_generator_inference_runs_on_packed_weights(monkeypatch, torch_fall
     monkeypatch.setattr(
         onednn,
         "conv2d",
-        lambda conv, h, bias: calls.append(h.is_contiguous(memory_format=torch.channels_last)) or packed(conv, h, bias),
+        lambda conv, h, bias, out=None: (
+            calls.append(h.is_contiguous(memory_format=torch.channels_last)) or packed(conv, h, bias, out=out)
+        ),
     )
     blocked = []
     head = onednn.conv2d_blocked_2x2
@@ -120,9 +155,10 @@ def test_fast_generator_inference_runs_on_packed_weights(monkeypatch, torch_fall
     assert calls == [] and fast.model[1].weight.grad is not None
 
 
-def test_half_precision_inference_runs_the_head_as_2x2_blocks_on_plain_weights(monkeypatch, torch_fallback):
-    """bf16 on a CPU (no pre-packed weights): the head as 2x2 output blocks on a cached blocked copy of its
-    weight, within bf16 rounding of the float64 reference as the plain head is; not under autograd."""
+def test_half_precision_inference_runs_the_head_as_2x2_blocks(monkeypatch, torch_fallback):
+    """bf16 on a CPU: the head as 2x2 output blocks (on a pre-packed blocked weight where oneDNN runs bf16
+    natively, else on a cached blocked copy), within bf16 rounding of the float64 reference as the plain head
+    is; not under autograd."""
     torch.manual_seed(0)
     reference = Generator(1, ngf=8).eval()
     fast = FastGenerator.from_module(reference).to(torch.bfloat16)

@@ -126,3 +126,62 @@ def test_the_ops_out_takes_plain_inference_only():
             ops.instance_norm(x, pad=1, out=torch.empty(1, 4, 8, 8).contiguous(memory_format=torch.channels_last))
     with pytest.raises(ValueError, match="out= takes plain inference only"):
         ops.instance_norm(x.requires_grad_(), pad=1, out=out)
+
+
+BF16_NATIVE = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+NEEDS_BF16 = pytest.mark.skipif(not BF16_NATIVE, reason="this CPU has no native bf16 (oneDNN's bf16 check)")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=NEEDS_BF16)])
+def test_large_conv_outputs_go_into_kept_scratch_and_transposed_ones_by_image_groups(monkeypatch, keep_all, dtype):
+    """With LARGE_BYTES set just over two images' stem output: the stem and first down conv write into scratch
+    buffers kept per shape (the same ones at every call), the up-convs run 3 + 2 and 2 + 2 + 1 images at a time
+    into their norms' kept buffers; outputs equal the fresh path's to rounding."""
+    from fastcyclegan import convs
+
+    torch.manual_seed(0)
+    reference = Generator(2, ngf=8, affine=True).eval()
+    fast = FastGenerator.from_module(reference).to(dtype).eval()
+    x = (torch.rand(5, 3, 64, 64) * 2 - 1).to(dtype)  # ngf * H * W = 2^15: the packed path in fp32 too
+    monkeypatch.setattr(workspace, "LARGE_BYTES", 1 << 62)  # the fresh path
+    with torch.inference_mode():
+        expected = fast(x)
+    image = 8 * 64 * 64 * x.element_size()  # one image's stem output
+    monkeypatch.setattr(workspace, "LARGE_BYTES", 2 * image + 1)
+    written, batches = [], []
+    conv = convs.conv_without_bias
+
+    def recorded(layer, h, out=None):
+        written.append(out is not None)
+        batches.append((type(layer).__name__, h.shape[0]))
+        return conv(layer, h, out=out)
+
+    monkeypatch.setattr(convs, "conv_without_bias", recorded)
+    with torch.inference_mode():
+        first = fast(x)
+        scratch = {k: t.data_ptr() for k, t in _kept(fast).items() if k[1][0] == "scratch"}
+        again = fast(x)
+    # oneDNN's transposed kernel may sum in another order for a smaller batch: equal to rounding, not bit for bit
+    torch.testing.assert_close(first, expected, atol=1e-5 if dtype == torch.float32 else 4e-2, rtol=0)
+    assert torch.equal(again, first)
+    assert written[:2] == [True, True] and sum(written) == 4  # the stem, the first down conv, at each call
+    assert [b for kind, b in batches if kind == "ConvTranspose2d"] == [3, 2, 2, 2, 1] * 2
+    assert len(scratch) == 2  # one per output shape
+    assert {k: t.data_ptr() for k, t in _kept(fast).items() if k[1][0] == "scratch"} == scratch
+
+
+def test_a_packed_conv_writes_into_a_buffer_exactly():
+    """onednn.conv2d(..., out=): the conv's values (zeros added) into the buffer given, whatever it held."""
+    from torch import nn
+
+    from fastcyclegan import onednn
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3)
+    x = torch.randn(2, 8, 12, 12).contiguous(memory_format=torch.channels_last)
+    out = torch.full((2, 16, 10, 10), float("nan")).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert onednn.usable(x, conv) and onednn.writes_into_buffers()
+        expected = onednn.conv2d(conv, x, None)
+        assert onednn.conv2d(conv, x, None, out=out) is out and torch.equal(out, expected)
+        assert torch.equal(onednn.conv2d(conv, x, None, out=out), expected)  # not added to the last result
