@@ -85,8 +85,9 @@ def _conv_norm(owner: nn.Module, layers: nn.Sequential, conv: int, h: Tensor, **
     norm = layers[GeneratorLayout.norm_after(conv)]
     residual, pad = fused.pop("residual", None), fused.get("pad", 0)
     others = (residual, layer.weight, layer.bias, norm.weight, norm.bias)
-    scratch = workspace.scratch(owner, shape, h, *others) if convs.writes_into(layer, h) else None
-    step = workspace.images_per_group(shape, h, *others) if scratch is None else shape[0]
+    large = workspace.is_large(shape, h)  # the size first: the rest is Python on every site otherwise
+    scratch = workspace.scratch(owner, shape, h, *others) if large and convs.writes_into(layer, h) else None
+    step = workspace.images_per_group(shape, h, *others) if large and scratch is None else shape[0]
     if step >= shape[0]:
         z = convs.conv_without_bias(layer, h, out=scratch)
         return norm_site(layers, conv, z, residual=residual, **fused)

@@ -85,11 +85,16 @@ def _bytes(shape: tuple, like: Tensor) -> int:
     return shape[0] * shape[1] * shape[2] * shape[3] * like.element_size()
 
 
+def is_large(shape: tuple, like: Tensor) -> bool:
+    """Whether an output of `shape` in like's dtype takes LARGE_BYTES or more (`scratch`, `images_per_group`)."""
+    return _bytes(shape, like) >= LARGE_BYTES
+
+
 def scratch(owner: nn.Module, shape: tuple, like: Tensor, *others) -> Tensor | None:
     """A buffer of `shape` in like's dtype and layout for an output of LARGE_BYTES or more, kept on this thread
     and shared by every output of that shape under `owner` (each caller is done with it before the next takes
     it); None where a fresh tensor is right (autograd, tracing, a GPU, an output under LARGE_BYTES)."""
-    if _bytes(shape, like) < LARGE_BYTES or not in_play(like, *others):
+    if not is_large(shape, like) or not in_play(like, *others):
         return None
     return _buffer(owner, ("scratch", shape), shape, like)
 
@@ -98,7 +103,7 @@ def images_per_group(shape: tuple, like: Tensor, *others) -> int:
     """How many images of an output of `shape` to make at a time so that each group's output stays under
     LARGE_BYTES, in groups of equal size; the whole batch where buffers are not kept or one image is that large."""
     n = shape[0]
-    if _bytes(shape, like) < LARGE_BYTES or not in_play(like, *others):
+    if not is_large(shape, like) or not in_play(like, *others):
         return n
     step = max(1, (LARGE_BYTES - 1) // _bytes((1, *shape[1:]), like))
     groups = -(-n // step)
