@@ -8,7 +8,11 @@
 eagerly like `fast`: the A/B of a change before it moves into FastGenerator.
 
 Each round calls every backend once, in turn, on the same input (after a warm-up call each, compile
-included), so slow drift of the machine (other processes, clocks) hits all of them alike; `--busy N` runs
+included), so slow drift of the machine (other processes, clocks) hits all of them alike. Each call starts
+IDLE_S after the last one ended, untimed: worker threads spin for a while after a parallel region (libgomp's,
+OpenVINO's), and spinning they took the CPU from the next backend's own pool (OpenVINO at 128x128 fp32 on a
+2-core EPYC: 44-46 ms after a PyTorch backend, 41.5 ms after ONNX Runtime, whose pool does not spin); a
+process running one backend has no such neighbour. `--busy N` runs
 N busy PyTorch processes beside the rounds (bench/fcg_busy.py: a shared CPU); the table gives
 each backend's median and its ratio to the first backend's median. pytest-benchmark's suites time one case
 after another instead; use this for the A/B of a change and those for the matrix.
@@ -33,6 +37,8 @@ from fastcyclegan import Generator
 from fastcyclegan.devices import default_device
 from fastcyclegan.harness.backends import BACKENDS, DTYPES, Backend, build_backend
 from fastcyclegan.harness.measure import device_facts, synchronize
+
+IDLE_S = 0.02  # between timed calls: OpenVINO after a PyTorch backend then ran as after ONNX Runtime (41.0 ms)
 
 
 def main(argv=None) -> int:
@@ -74,6 +80,7 @@ def main(argv=None) -> int:
     with busy_processes(args.busy):
         for _ in range(args.rounds):
             for name, call in calls.items():
+                _idle()
                 start = time.perf_counter()
                 call()
                 synchronize(device)
@@ -92,6 +99,10 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "device": facts, "seconds": seconds}, f, indent=1)
     return 0
+
+
+def _idle() -> None:
+    time.sleep(IDLE_S)
 
 
 def _forward_calls(names, args, x, device, parser) -> dict:

@@ -1,0 +1,28 @@
+"""The interleaved A/B (python -m bench.ab): every timed call starts after an untimed idle pause, so the
+previous backend's spinning worker threads do not take the CPU from the next one's pool."""
+
+import json
+
+from bench import ab
+
+
+def test_every_timed_call_follows_an_idle_pause(monkeypatch, tmp_path):
+    events = []
+    monkeypatch.setattr(ab, "_idle", lambda: events.append(("pause",)))
+    forward_calls = ab._forward_calls
+
+    def recorded(*args):
+        calls = forward_calls(*args)
+        return {
+            name: lambda call=call, name=name: events.append(("call", name)) or call() for name, call in calls.items()
+        }
+
+    monkeypatch.setattr(ab, "_forward_calls", recorded)
+    out = tmp_path / "ab.json"
+    args = ["--device", "cpu", "--backends", "eager,fast", "--size", "16", "--ngf", "4", "--rounds", "3"]
+    assert ab.main([*args, "--json", str(out)]) == 0
+    assert {name: len(s) for name, s in json.loads(out.read_text())["seconds"].items()} == {"eager": 3, "fast": 3}
+    warm_up, timed = events[:2], events[2:]
+    assert warm_up == [("call", "eager"), ("call", "fast")]
+    pause = ("pause",)
+    assert timed == [pause, ("call", "eager"), pause, ("call", "fast")] * 3
