@@ -85,7 +85,8 @@ def _conv_norm(owner: nn.Module, layers: nn.Sequential, conv: int, h: Tensor, **
     norm = layers[GeneratorLayout.norm_after(conv)]
     residual, pad = fused.pop("residual", None), fused.get("pad", 0)
     others = (residual, layer.weight, layer.bias, norm.weight, norm.bias)
-    large = workspace.is_large(shape, h)  # the size first: the rest is Python on every site otherwise
+    # the size first (the rest is Python on every site otherwise), never while tracing (no guard on the size)
+    large = not torch.compiler.is_compiling() and workspace.is_large(shape, h)
     scratch = workspace.scratch(owner, shape, h, *others) if large and convs.writes_into(layer, h) else None
     step = workspace.images_per_group(shape, h, *others) if large and scratch is None else shape[0]
     if step >= shape[0]:
