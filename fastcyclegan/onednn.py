@@ -48,8 +48,10 @@ def _dtypes() -> tuple[torch.dtype, ...]:
 def usable(h: Tensor, conv: nn.Module) -> bool:
     """Whether conv(h) may run on the pre-packed weight: a Conv2d or ConvTranspose2d (groups 1, no padding mode
     other than zeros: the caller pads), plain CPU tensors of one dtype, fp32 or natively run bf16, inference
-    without autograd or compiler tracing."""
+    without autograd, compiler tracing or CPU autocast."""
     if torch.compiler.is_compiling():  # inductor has its own packing (freezing); traced code gets F.conv2d
+        return False
+    if torch.is_autocast_enabled("cpu"):  # the pointwise ops bypass autocast: F.conv2d casts as the reference's
         return False
     transposed = isinstance(conv, nn.ConvTranspose2d)
     if not isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) or conv.groups != 1 or not isinstance(conv.padding, tuple):

@@ -136,3 +136,16 @@ def test_a_conv_of_non_square_stride_is_refused_not_run_as_square(index, stride)
     d.model[index].stride = stride
     with pytest.raises(ValueError, match=rf"conv of stride \({stride[0]}, {stride[1]}\): 'model\.{index}'"):
         FastDiscriminator.from_module(d)
+
+
+def test_cpu_autocast_inference_returns_the_references_dtype():
+    """Under CPU bf16 autocast the pre-packed fp32 convs must not run (they bypass autocast: the output was
+    fp32 where the reference's is bf16); the values stay within bf16 rounding of the reference's."""
+    torch.manual_seed(0)
+    reference = Discriminator(ndf=16).eval()
+    fast = FastDiscriminator.from_module(reference).eval()
+    x = torch.rand(2, 3, 128, 128) * 2 - 1  # ndf * H * W above the packed path's threshold
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, out = reference(x), fast(x)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected.float(), atol=0.05, rtol=0)

@@ -53,12 +53,16 @@ def test_low_precision_passes_parity(dtype, path):
     assert check.passed, check
 
 
-def test_autocast_runs_and_passes_parity():
+@pytest.mark.parametrize("size", [32, 64])  # 64: wide enough for the pre-packed path without autocast
+def test_autocast_runs_and_passes_parity(size):
+    """CPU bf16 autocast in inference: the reference's output dtype (bf16), and parity. The pre-packed fp32
+    convs bypass autocast, so they must not run under it (they once returned fp32 there)."""
     ref = Generator(2, ngf=8)
     fast = FastGenerator.from_module(ref)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert fast(torch.randn(1, 3, 32, 32)).dtype == ref(torch.randn(1, 3, 32, 32)).dtype
-    check = generator_parity(ref, fast, torch.bfloat16, (1, 3, 32, 32), autocast=True)
+        x = torch.randn(1, 3, size, size)
+        assert fast(x).dtype == ref(x).dtype == torch.bfloat16
+    check = generator_parity(ref, fast, torch.bfloat16, (1, 3, size, size), autocast=True)
     assert check.passed, check
 
 

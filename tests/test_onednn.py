@@ -96,6 +96,8 @@ def test_only_plain_inference_in_fp32_or_native_bf16_uses_it():
         assert not onednn.usable(x, nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
         with torch.backends.mkldnn.flags(enabled=False):
             assert not onednn.usable(x, conv)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the pointwise ops would bypass it
+            assert not onednn.usable(x, conv)
 
 
 DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=NEEDS_BF16)]
