@@ -8,8 +8,8 @@ plans its memory once; here
   inner norms share a third) keeps its output buffer per thread and writes into it at the next call, above
   KEEP_BYTES (`kept_output`): 7 buffers for any number of blocks (65 MB at 256x256 batch 1 fp32);
 - a conv output of LARGE_BYTES or more, which glibc always serves with fresh pages, is written into a scratch
-  buffer kept per shape (`scratch`: each conv's output is dead once the norm after it has read it), or made a
-  group of images at a time where the conv cannot write into a buffer (`images_per_group`).
+  buffer kept per channel count (`scratch`: each conv's output is dead once the norm after it has read it),
+  or made a group of images at a time where the conv cannot write into a buffer (`images_per_group`).
 Only in plain inference (no autograd, no compiler). The buffers live as long as their module (a weak
 reference keys them: never pickled, copied or in a state dict) and are dropped when it moves or casts.
 Nothing a forward returns is one of them: the next layer reads a norm's output, the module returns its own.
@@ -17,7 +17,6 @@ Nothing a forward returns is one of them: the next layer reads a norm's output, 
 
 from __future__ import annotations
 
-import functools
 import threading
 import weakref
 
@@ -52,20 +51,9 @@ def _buffer(owner: nn.Module, key, shape: tuple, like: Tensor) -> Tensor:
     buffer = per_thread.get(key)
     fmt = memory_format_of(like)
     if buffer is None or tuple(buffer.shape) != shape or buffer.dtype != like.dtype or memory_format_of(buffer) != fmt:
-        _raise_mmap_threshold()
         with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
             buffer = per_thread[key] = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
     return buffer
-
-
-@functools.cache
-def _raise_mmap_threshold() -> None:
-    """glibc raises its mmap threshold to the size of a mapped block when that block is freed (up to 32 MiB).
-    Kept buffers are never freed, so nothing raised it, and every output between 128 KiB and 32 MiB was mapped
-    fresh, and faulted in, at each forward (256x256 batch 4 bf16: 8,179 faults a forward, 440 against 432 ms).
-    One block of just under 32 MiB freed at once raises it for the process, once, as any large tensor freed
-    would; elsewhere (another allocator) it is an allocation and a free."""
-    torch.empty(LARGE_BYTES - (1 << 16), dtype=torch.uint8)
 
 
 def kept_output(owner: nn.Module, site, x: Tensor, pad: int, *others, images: int | None = None) -> Tensor | None:
@@ -92,11 +80,12 @@ def is_large(shape: tuple, like: Tensor) -> bool:
 
 def scratch(owner: nn.Module, shape: tuple, like: Tensor, *others) -> Tensor | None:
     """A buffer of `shape` in like's dtype and layout for an output of LARGE_BYTES or more, kept on this thread
-    and shared by every output of that shape under `owner` (each caller is done with it before the next takes
-    it); None where a fresh tensor is right (autograd, tracing, a GPU, an output under LARGE_BYTES)."""
+    and shared by every output of that channel count under `owner` (each caller is done with it before the next
+    takes it; remade when the shape changes, so images of ever new sizes keep one buffer a channel count, not
+    one a size); None where a fresh tensor is right (autograd, tracing, a GPU, an output under LARGE_BYTES)."""
     if not is_large(shape, like) or not in_play(like, *others):
         return None
-    return _buffer(owner, ("scratch", shape), shape, like)
+    return _buffer(owner, ("scratch", shape[1]), shape, like)
 
 
 def images_per_group(shape: tuple, like: Tensor, *others) -> int:

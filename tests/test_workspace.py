@@ -2,9 +2,6 @@
 (fastcyclegan/workspace.py): outputs unchanged, buffers reused and shared by role, never under autograd,
 dropped on a move or cast, one set per thread; the op's `out=` takes plain inference only."""
 
-import platform
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -169,8 +166,12 @@ def test_large_conv_outputs_go_into_kept_scratch_and_transposed_ones_by_image_gr
     assert torch.equal(again, first)
     assert written[:2] == [True, True] and sum(written) == 4  # the stem, the first down conv, at each call
     assert [b for kind, b in batches if kind == "ConvTranspose2d"] == [3, 2, 2, 2, 1] * 2
-    assert len(scratch) == 2  # one per output shape
+    assert len(scratch) == 2  # one per channel count
     assert {k: t.data_ptr() for k, t in _kept(fast).items() if k[1][0] == "scratch"} == scratch
+    with torch.inference_mode():  # images of other sizes: the same two buffers, remade, not more of them
+        for size in (72, 80):
+            fast(torch.rand(5, 3, size, size).to(dtype))
+    assert len([k for k in _kept(fast) if k[1][0] == "scratch"]) == 2
 
 
 def test_a_packed_conv_writes_into_a_buffer_exactly():
@@ -188,26 +189,3 @@ def test_a_packed_conv_writes_into_a_buffer_exactly():
         expected = onednn.conv2d(conv, x, None)
         assert onednn.conv2d(conv, x, None, out=out) is out and torch.equal(out, expected)
         assert torch.equal(onednn.conv2d(conv, x, None, out=out), expected)  # not added to the last result
-
-
-FAULTS_SCRIPT = """
-import resource, torch
-from fastcyclegan import FastGenerator
-torch.manual_seed(0)
-g = FastGenerator(9).eval().bfloat16()
-x = torch.rand(4, 3, 256, 256).bfloat16()
-with torch.inference_mode():
-    g(x); g(x)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    g(x)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mmap threshold is what this is about")
-def test_a_warm_forward_of_large_activations_faults_in_no_fresh_pages():
-    """The paper's generator at 256x256 batch 4 bf16 (activations of 8-32 MiB), in a fresh process: the third
-    forward maps no fresh pages (it faulted in 8,161 before the kept buffers raised glibc's mmap threshold)."""
-    run = subprocess.run([sys.executable, "-c", FAULTS_SCRIPT], capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    assert int(run.stdout.split()[-1]) < 200  # 8,192 faults would be one 32 MiB activation
