@@ -4,8 +4,8 @@
     python -m bench.ab --backends fast,fast:stem8,fast:head8,fast:stem8+head8 --dtype bf16
     python -m bench.ab --backends eager,compiled,fast,fast_compiled,onnxruntime,openvino --size 128 --busy 2
 
-`fast:NAME` is the FastGenerator candidate NAME of bench/fcg_variants.py (stem8, head8, stem8+head8, aten-norms), run
-eagerly like `fast`: the A/B of a change before it moves into FastGenerator.
+`fast:NAME` is the FastGenerator candidate NAME of bench/fcg_variants.py (stem8, head8, stem8+head8, aten-norms,
+unplanned), run eagerly like `fast`: the A/B of a change before it moves into FastGenerator.
 
 Each round calls every backend once, in turn, on the same input (after a warm-up call each, compile
 included), so slow drift of the machine (other processes, clocks) hits all of them alike. Each call starts

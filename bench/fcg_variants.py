@@ -8,6 +8,8 @@ are deleted. Each variant keeps FastGenerator's outputs and gradients (tests/tes
 - head8: the head's weight and bias zero-padded to 8 output channels; the extra outputs are dropped.
 - aten-norms: the norms of a CPU fp32 forward on the op's PyTorch implementation (ATen ops) instead of its C
   kernel (fastcyclegan.norm_cpu): the A/B of that kernel.
+- unplanned: CPU inference call by call instead of replaying the recorded plan (fastcyclegan.cpu_plan): the
+  A/B of the plan.
 """
 
 from __future__ import annotations
@@ -15,19 +17,18 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastcyclegan import convs, norm_cpu
+from fastcyclegan import convs, cpu_plan, norm_cpu
 from fastcyclegan.fast import FastGenerator, norm_after
 
 CHANNELS = 8
 
 
 class Stem8(FastGenerator):
-    def _stem(self, x: Tensor) -> Tensor:
+    def _stem(self, h0: Tensor, site) -> Tensor:
         m, at = self.model, self.layout
         stem = m[at.stem]
         extra = max(0, CHANNELS - stem.in_channels)
-        x = F.pad(x, (0, 0, 0, 0, 0, extra))  # zero channels before the reflection pad: one copy for both
-        h = F.pad(x, (3, 3, 3, 3), mode="reflect").contiguous(memory_format=convs.activation_format(x, stem))
+        h = F.pad(h0, (0, 0, 0, 0, 0, extra))  # zero channels after the reflection pad (the plan refuses this stem)
         weight = F.pad(stem.weight, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=convs.weight_format(stem))
         return norm_after(m, at.stem, stem._conv_forward(h, weight, None), relu=True)
 
@@ -50,9 +51,16 @@ class AtenNorms(FastGenerator):
             return super().forward(x)
 
 
+class Unplanned(FastGenerator):
+    def forward(self, x: Tensor) -> Tensor:
+        with cpu_plan.disabled():
+            return super().forward(x)
+
+
 VARIANTS: dict[str, type[FastGenerator]] = {
     "stem8": Stem8,
     "head8": Head8,
     "stem8+head8": Stem8Head8,
     "aten-norms": AtenNorms,
+    "unplanned": Unplanned,
 }

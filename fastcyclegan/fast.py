@@ -4,16 +4,19 @@ It subclasses `Generator`, so parameter names, `state_dict` keys and constructor
 `FastGenerator(...).load_state_dict(Generator(...).state_dict())` and public checkpoints load unchanged.
 Only `forward` differs: every IN site goes through `fastcyclegan.ops.instance_norm` fused with the ReLU or
 the residual add that follows it and with the reflection padding of the conv after it, and the convolutions
-(cuDNN/ATen) see channels-last activations and weights, so no layout copies happen between them.
+(cuDNN/ATen) see channels-last activations and weights, so no layout copies happen between them. CPU inference
+on pre-packed weights replays the kernel calls recorded at the first call for an input shape (`cpu_plan`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import convs, workspace
+from . import convs, cpu_plan, workspace
 from .ops import instance_norm
 from .recognition import NotConvertible
 from .reference import Generator, GeneratorLayout
@@ -180,11 +183,13 @@ class FastGenerator(Generator):
                 f"got {x.shape[2]}x{x.shape[3]}"
             )
 
-    def _stem(self, x: Tensor) -> Tensor:
-        """relu(IN(stem(reflect(x, 3)))): the activations take their layout here (`convs.activation_format`)."""
-        stem = self.model[self.layout.stem]
-        h = _reflect(x, 3).contiguous(memory_format=convs.activation_format(x, stem))
-        return _conv_norm(self, self.model, self.layout.stem, h, relu=True)[0]
+    def _stem_input(self, x: Tensor) -> Tensor:
+        """reflect(x, 3) in the activations' layout, which they take here (`convs.activation_format`)."""
+        return _reflect(x, 3).contiguous(memory_format=convs.activation_format(x, self.model[self.layout.stem]))
+
+    def _stem(self, h0: Tensor, site) -> Tensor:
+        """relu(IN(stem(h0))) for the stem's input h0 (`_stem_input`)."""
+        return site(self.model, self.layout.stem, h0, relu=True)[0]
 
     def _head(self, head: nn.Conv2d, h: Tensor) -> Tensor:
         """head(h), with its bias."""
@@ -192,21 +197,30 @@ class FastGenerator(Generator):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        # CPU inference replays the kernel calls recorded at the first call for this input (`cpu_plan`)
+        h = cpu_plan.head_input(self, x, self._body)
+        if h is None:
+            h = self._body(self._stem_input(x), functools.partial(_conv_norm, self))
+        out = torch.tanh(self._head(self.model[self.layout.head], h))
+        return out.contiguous()  # the reference returns NCHW whatever the input layout (its norms do)
+
+    def _body(self, h0: Tensor, site) -> Tensor:
+        """The network from the stem's input h0 to the head's input, each conv and the norm after it run by
+        `site(layers, conv, h, **fused) -> (padded, unpadded)` (`_conv_norm`'s contract)."""
         m, at = self.model, self.layout
         # Only the 3-channel input is padded by F.pad; every other reflection pad is written by the norm
         # before it (pad=...), so no activation takes a separate padding pass (or, on CUDA, ATen's
         # NCHW-only reflection pad and the layout copies around it).
-        h = self._stem(x)
-        h, _ = _conv_norm(self, m, at.down[0], h, relu=True)
+        h = self._stem(h0, site)
+        h, _ = site(m, at.down[0], h, relu=True)
         # the residual stream alternates between two kept buffers (a block reads one, writes the other), the
         # blocks' inner norms share a third: three buffers for any number of blocks (`workspace`)
-        h, inner = _conv_norm(self, m, at.down[1], h, relu=True, pad=1 if at.num_blocks else 0, buffer=(self, "h0"))
+        h, inner = site(m, at.down[1], h, relu=True, pad=1 if at.num_blocks else 0, buffer=(self, "h0"))
         first, second = at.block_convs
         for k, b in enumerate(at.blocks):  # h: the block input reflection-padded by 1, inner the same unpadded
             block = m[b].conv_block
-            t, _ = _conv_norm(self, block, first, h, relu=True, pad=1, buffer=(self, "t"))
-            h, inner = _conv_norm(self, block, second, t, residual=inner, pad=1, buffer=(self, f"h{(k + 1) % 2}"))
-        h, _ = _conv_norm(self, m, at.up[0], inner, relu=True)
-        h, _ = _conv_norm(self, m, at.up[1], h, relu=True, pad=3)
-        out = torch.tanh(self._head(m[at.head], h))
-        return out.contiguous()  # the reference returns NCHW whatever the input layout (its norms do)
+            t, _ = site(block, first, h, relu=True, pad=1, buffer=(self, "t"))
+            h, inner = site(block, second, t, residual=inner, pad=1, buffer=(self, f"h{(k + 1) % 2}"))
+        h, _ = site(m, at.up[0], inner, relu=True)
+        h, _ = site(m, at.up[1], h, relu=True, pad=3)
+        return h

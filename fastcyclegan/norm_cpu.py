@@ -24,6 +24,7 @@ import functools
 import os
 import threading
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -73,8 +74,12 @@ def library() -> ctypes.CDLL | None:
 def runs_forward(x: Tensor, residual: Tensor | None, out: Tensor) -> bool:
     """Whether the kernel runs this forward: fp32 or bf16 on a CPU throughout, NCHW- or channels-last-contiguous
     x and out (a residual with unit stride along that layout's last axis), the kernel loaded and not disabled."""
-    off = getattr(_local, "off", False)
-    return not off and _layout(x, residual, out) is not None and library() is not None
+    return in_use() and _layout(x, residual, out) is not None
+
+
+def in_use() -> bool:
+    """Whether the kernel runs this thread's calls that it can run: loaded, and not turned off (`disabled`)."""
+    return not getattr(_local, "off", False) and library() is not None
 
 
 def runs_backward(dy: Tensor, x: Tensor, relu: bool) -> bool:
@@ -131,6 +136,25 @@ def instance_norm_forward(
 ) -> tuple[Tensor, Tensor]:
     """`norm_contract.NormImplementation.instance_norm_forward`, where `runs_forward` holds: fp32 or bf16 storage
     (bf16 read and written as such, the maths in fp32 and double, rounded to bf16 once)."""
+    fused = dict(weight=weight, bias=bias, relu=relu, eps=eps, negative_slope=negative_slope)
+    return forward_call(x, residual, out, **fused)(x)
+
+
+def forward_call(
+    x: Tensor,
+    residual: Tensor | None,
+    out: Tensor,
+    *,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    relu: bool = False,
+    eps: float = 1e-5,
+    negative_slope: float = 0.0,
+) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """`instance_norm_forward(., residual, out, ...)` as a function of its input alone, for inputs of x's shape,
+    dtype and strides, writing the same `out` with the same residual and affine parameters as they hold then
+    (fp32 copies made now) and returning the same (mean, rstd) tensors at every call: `instance_norm_forward`
+    calls it at every call, a recorded plan (`cpu_plan`) keeps it."""
     layout, lib = _layout(x, residual, out), library()
     if layout is None or lib is None:
         raise ValueError(f"the C norm kernel does not run this call ({x.dtype} on {x.device}); see runs_forward")
@@ -140,8 +164,7 @@ def instance_norm_forward(
     weight, bias = _f32(weight), _f32(bias)
     strides = (ctypes.c_int64 * 4)(*(residual.stride() if residual is not None else (0, 0, 0, 0)))
     activation = _ACTIVATION[relu and ("leaky" if negative_slope else "relu")]
-    failed = lib.fcg_instance_norm_forward(
-        x.data_ptr(),
+    pointers = (
         out.data_ptr(),
         None if residual is None else residual.data_ptr(),
         strides,
@@ -149,21 +172,25 @@ def instance_norm_forward(
         None if bias is None else bias.data_ptr(),
         mean.data_ptr(),
         rstd.data_ptr(),
-        n,
-        c,
-        h,
-        w,
-        (out.shape[2] - h) // 2,
-        layout,
-        activation,
-        negative_slope,
-        eps,
-        x.dtype == torch.bfloat16,
-        torch.get_num_threads(),
     )
-    if failed:
-        raise MemoryError(f"the CPU norm kernel could not allocate its partial statistics for x of shape {x.shape}")
-    return mean, rstd
+    sizes = (n, c, h, w, (out.shape[2] - h) // 2, layout, activation, negative_slope, eps, x.dtype == torch.bfloat16)
+    # the tensors the kernel reads and writes by address stay alive with the call
+    return _ForwardCall(lib.fcg_instance_norm_forward, pointers, sizes, (out, residual, weight, bias), mean, rstd)
+
+
+class _ForwardCall:
+    """`forward_call`'s function: the kernel on an input's address with every other argument made once."""
+
+    __slots__ = ("kernel", "pointers", "sizes", "tensors", "mean", "rstd")
+
+    def __init__(self, kernel, pointers: tuple, sizes: tuple, tensors: tuple, mean: Tensor, rstd: Tensor):
+        self.kernel, self.pointers, self.sizes, self.tensors = kernel, pointers, sizes, tensors
+        self.mean, self.rstd = mean, rstd
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.kernel(x.data_ptr(), *self.pointers, *self.sizes, torch.get_num_threads()):
+            raise MemoryError(f"the CPU norm kernel could not allocate its partial statistics for x of shape {x.shape}")
+        return self.mean, self.rstd
 
 
 def instance_norm_backward(

@@ -14,6 +14,7 @@ bench/results/TUNING.md, CPU path.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -151,29 +152,39 @@ def writes_into_buffers() -> bool:
     return hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
 
 
+def conv_call(conv: nn.Module, h: Tensor, bias: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """conv(.) with `bias` (None: without) as a function of its input alone, for inputs of h's shape, dtype and
+    layout, on the weight as pre-packed now; call only where `usable(h, conv)`. `conv2d` and `conv_transpose2d`
+    call it at every call; a recorded plan (`cpu_plan`) keeps it."""
+    padding, stride, dilation = _geometry(conv)
+    if isinstance(conv, nn.ConvTranspose2d):
+        output_padding = list(conv.output_padding)
+
+        def make(weight: Tensor) -> Tensor:
+            reorder = torch.ops.mkldnn._reorder_convolution_transpose_weight
+            return reorder(weight, padding, output_padding, stride, dilation, 1, list(h.shape))
+
+        packed = _cached(_PACKED_TRANSPOSED, conv, make)
+        transpose = torch.ops.mkldnn._convolution_transpose_pointwise.default
+        return lambda x: transpose(x, packed, bias, padding, output_padding, stride, dilation, 1, "none", [], "")
+    packed = _packed_weight(conv, h)
+    pointwise = torch.ops.mkldnn._convolution_pointwise.default
+    return lambda x: pointwise(x, packed, bias, padding, stride, dilation, 1, "none", [], "")
+
+
 def conv2d(conv: nn.Conv2d, h: Tensor, bias: Tensor | None, out: Tensor | None = None) -> Tensor:
     """conv(h) with `bias` (None: without), in h's memory format; call only where `usable(h, conv)`. out: None,
     or a tensor of the output's shape, dtype and layout to write it into (where `writes_into_buffers()`): zeroed,
     then the conv's result added by oneDNN's in-place pointwise op (the op inductor fuses conv + add into; it has
     no plain variant with an output). Adding to zeros changes no value (but -0.0 into +0.0)."""
-    packed = _packed_weight(conv, h)
     if out is None:
-        return _pointwise(h, packed, bias, *_geometry(conv))
+        return conv_call(conv, h, bias)(h)
     out.zero_()
     add = torch.ops.mkldnn._convolution_pointwise_.binary
-    return add(out, h, packed, bias, *_geometry(conv), 1, "add", None, None, [], None)
+    return add(out, h, _packed_weight(conv, h), bias, *_geometry(conv), 1, "add", None, None, [], None)
 
 
 def conv_transpose2d(conv: nn.ConvTranspose2d, h: Tensor, bias: Tensor | None) -> Tensor:
     """conv(h) with `bias` (None: without), in h's memory format; call only where `usable(h, conv)`. The
     transposed weight is reordered from its dense tensor (oneDNN's opaque tensors have no transposed reorder)."""
-    padding, stride, dilation = _geometry(conv)
-    output_padding = list(conv.output_padding)
-
-    def make(weight: Tensor) -> Tensor:
-        reorder = torch.ops.mkldnn._reorder_convolution_transpose_weight
-        return reorder(weight, padding, output_padding, stride, dilation, 1, list(h.shape))
-
-    packed = _cached(_PACKED_TRANSPOSED, conv, make)
-    transpose = torch.ops.mkldnn._convolution_transpose_pointwise
-    return transpose(h, packed, bias, padding, output_padding, stride, dilation, 1, "none", [], "")
+    return conv_call(conv, h, bias)(h)

@@ -65,9 +65,10 @@ def route(*tensors) -> str:
     return "autograd" if records_grad(*tensors) else "direct"
 
 
-def implementation_name(x: Tensor) -> str:
-    """What runs the op's forward on x (unpadded, no residual), for reports: "triton", "c kernel" or "pytorch"."""
-    return _pick(_FORWARD, x, None, x)[0]
+def implementation_name(x: Tensor, residual: Tensor | None = None, out: Tensor | None = None) -> str:
+    """What runs the op's forward on x (with this residual, into out; default: unpadded, none), for reports and
+    the CPU plan (`cpu_plan`): "triton", "c kernel" or "pytorch"."""
+    return _pick(_FORWARD, x, residual, x if out is None else out)[0]
 
 
 def _same_layout(t: Tensor, like: Tensor) -> Tensor:

@@ -40,19 +40,20 @@ def in_play(x: Tensor, *others) -> bool:
     return x.device.type == "cpu" and not records_grad(x, *others) and plain(x, *others)
 
 
-def _per_thread(owner: nn.Module) -> dict:
+def per_thread(owner: nn.Module) -> dict:
+    """What owner keeps for this thread (its buffers, `cpu_plan`'s plan), dropped by `forget`."""
     with _lock:
         return _kept.setdefault(owner, {}).setdefault(threading.get_ident(), {})
 
 
 def _buffer(owner: nn.Module, key, shape: tuple, like: Tensor) -> Tensor:
     """The kept buffer `key` of owner on this thread, (re)made when its shape, dtype or layout changed."""
-    per_thread = _per_thread(owner)
-    buffer = per_thread.get(key)
+    kept = per_thread(owner)
+    buffer = kept.get(key)
     fmt = memory_format_of(like)
     if buffer is None or tuple(buffer.shape) != shape or buffer.dtype != like.dtype or memory_format_of(buffer) != fmt:
         with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
-            buffer = per_thread[key] = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+            buffer = kept[key] = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
     return buffer
 
 

@@ -240,7 +240,7 @@ def _bench_variants():
     return VARIANTS
 
 
-@pytest.mark.parametrize("variant", ["stem8", "head8", "stem8+head8", "aten-norms"])
+@pytest.mark.parametrize("variant", ["stem8", "head8", "stem8+head8", "aten-norms", "unplanned"])
 @pytest.mark.parametrize("size", [24, 64], ids=["nchw-path", "packed-path"])  # ngf 8: 2^15 stem outputs at 64
 def test_bench_variants_change_nothing_but_speed(size, variant):
     """The A/B candidates of bench/fcg_variants.py (zero input channels on the stem, zero output channels on

@@ -122,11 +122,11 @@ def _floors(graph: dict[str, set[str]]) -> dict[str, int]:
     return floors
 
 
-def test_package_imports_form_no_circle_and_at_most_nine_floors():
+def test_package_imports_form_no_circle_and_at_most_ten_floors():
     floors = _floors(_module_graph())
     assert "harness.report" in floors and "kernels.instance_norm" in floors  # the walk sees every part
     tallest = max(floors.values())
-    assert tallest <= 9, f"{tallest} import floors: {sorted(floors.items(), key=lambda kv: kv[1])[-4:]}"
+    assert tallest <= 10, f"{tallest} import floors: {sorted(floors.items(), key=lambda kv: kv[1])[-4:]}"
 
 
 def test_the_product_never_imports_the_harness():

@@ -7,10 +7,17 @@ import threading
 import pytest
 import torch
 
-from fastcyclegan import FastDiscriminator, FastGenerator, Generator, ops, workspace
+from fastcyclegan import FastDiscriminator, FastGenerator, Generator, cpu_plan, ops, workspace
 from fastcyclegan.reference import Discriminator
 
 pytestmark = pytest.mark.usefixtures("torch_fallback")
+
+
+@pytest.fixture(autouse=True)
+def call_by_call():
+    """The workspace serves the forward that runs call by call: no recorded plans (`cpu_plan`, its own buffers)."""
+    with cpu_plan.disabled():
+        yield
 
 
 @pytest.fixture

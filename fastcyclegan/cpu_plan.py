@@ -1,0 +1,148 @@
+"""FastGenerator's CPU inference as a recorded plan: the same oneDNN convs and C norm kernel calls, set up once.
+
+A forward on pre-packed weights spends ~0.85 ms of Python besides its kernels at 128x128 fp32 (~3,900 calls:
+the op's argument checks, layout and dispatch tests, buffer lookups, module indexing) and as much again in the
+calls' own argument handling (bench/results/TUNING.md). The first call for an input shape and dtype runs the
+network once through `record`: for each conv + norm site the conv becomes a function of its input alone
+(`onednn.conv_call`, its packed weight bound), the norm a function of the conv's output alone
+(`norm_cpu.forward_call`, every other argument made), and every norm output goes into a buffer the plan keeps
+(the workspace's roles: three for the residual stream whatever the number of blocks). Later calls replay the
+kernel calls: the same calls on the same operands, so bitwise the values of the unrecorded path.
+
+A plan is made only where every site runs on those two: CPU inference on pre-packed weights
+(`convs.runs_packed`), the C kernel in use, no conv output of `workspace.LARGE_BYTES` or more (those take the
+workspace's scratch buffer or image groups, and their kernels outweigh any call overhead), and every
+operand either the input or a buffer of the plan (an override that computes a site another way is refused,
+and runs unrecorded). It is replayed while the input's shape and dtype and every parameter's address and
+version are those recorded, per thread, and dropped with the workspace (`workspace.forget`) on a move or cast.
+`disabled()` turns it off for a block of code (the A/B, tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from . import convs, norm_cpu, onednn, ops, workspace
+from .layout import memory_format_of
+from .reference import GeneratorLayout
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def disabled():
+    """Runs the block's FastGenerator forwards (this thread's) without plans, call by call."""
+    before = getattr(_local, "off", False)
+    _local.off = True
+    try:
+        yield
+    finally:
+        _local.off = before
+
+
+class NotPlanned(Exception):
+    """A site the plan cannot record; the call runs unrecorded."""
+
+
+class _Plan:
+    """The recorded calls: (conv, its input or None for the network's input, the norm on its output)."""
+
+    __slots__ = ("key", "steps", "head_input")
+
+    def __init__(self, key: tuple, steps: list, head_input: Tensor | None):
+        self.key, self.steps, self.head_input = key, steps, head_input
+
+    def replay(self, h0: Tensor) -> Tensor:
+        for conv, source, norm in self.steps:
+            norm(conv(h0 if source is None else source))
+        return self.head_input
+
+
+def _key(generator: nn.Module, x: Tensor) -> tuple:
+    """What a plan holds for: the input's shape and dtype, each parameter's address and version (an in-place
+    update, `load_state_dict` and reassignment all change it; the packed weights follow the same rule)."""
+    return tuple(x.shape), x.dtype, tuple((p.data_ptr(), p._version) for p in generator.parameters())
+
+
+def head_input(generator, x: Tensor, body: Callable) -> Tensor | None:
+    """The input of generator's head for x by its plan (recorded at the first call for this key), or None where
+    no plan runs this call (the caller runs it unrecorded). `body(h0, site)`: the generator's walk from the
+    stem's input h0 to the head's input, each conv + norm site run by `site`."""
+    stem = generator.model[generator.layout.stem]
+    if getattr(_local, "off", False) or not convs.runs_packed(x, stem) or not norm_cpu.in_use():
+        return None
+    kept = workspace.per_thread(generator)
+    key, plan = _key(generator, x), kept.get("plan")
+    if plan is not None and plan.key == key:
+        return None if plan.head_input is None else plan.replay(generator._stem_input(x))
+    h0 = generator._stem_input(x)
+    recorder = _Recorder(h0)
+    try:
+        out = body(h0, recorder.site)
+        plan = _Plan(key, recorder.steps, recorder.kept(out))
+    except NotPlanned:
+        plan, out = _Plan(key, [], None), None  # refused for this key: unrecorded until the key changes
+    kept["plan"] = plan
+    return out
+
+
+class _Recorder:
+    """`site` for the recording run: runs each site as a replay will, keeping its calls and buffers."""
+
+    def __init__(self, h0: Tensor):
+        self.h0, self.steps, self.buffers = h0, [], {}
+
+    def kept(self, t: Tensor) -> Tensor:
+        """t, a view of one of the plan's buffers; NotPlanned for any other tensor (made anew at every call)."""
+        storage = t.untyped_storage().data_ptr()
+        if not any(b.untyped_storage().data_ptr() == storage for b in self.buffers.values()):
+            raise NotPlanned("an operand that is neither the input nor a buffer of the plan")
+        return t
+
+    def _buffer(self, role, z: Tensor, pad: int) -> Tensor:
+        n, c, h, w = z.shape
+        shape = (n, c, h + 2 * pad, w + 2 * pad)
+        buffer = self.buffers.get(role)
+        if buffer is None or tuple(buffer.shape) != shape:
+            with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
+                buffer = torch.empty(shape, dtype=z.dtype, memory_format=memory_format_of(z))
+            self.buffers[role] = buffer
+        return buffer
+
+    def site(
+        self,
+        layers: nn.Sequential,
+        conv: int,
+        h: Tensor,
+        *,
+        residual: Tensor | None = None,
+        relu: bool = False,
+        negative_slope: float = 0.0,
+        pad: int = 0,
+        buffer: tuple | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """`fast._conv_norm`'s contract, recorded."""
+        layer, norm = layers[conv], layers[GeneratorLayout.norm_after(conv)]
+        source = None if h is self.h0 else self.kept(h)
+        if residual is not None:
+            self.kept(residual)
+        cl = h.stride(1) == 1 and h.shape[1] > 1  # channels-last activations (a padded buffer's interior too)
+        if not cl or not onednn.usable(h, layer) or workspace.is_large(convs.output_shape(layer, h), h):
+            raise NotPlanned("a conv off the pre-packed path, or one whose output takes the workspace's scratch")
+        run_conv = onednn.conv_call(layer, h, None)
+        z = run_conv(h)
+        owner, role = buffer or (layers, conv)
+        out = self._buffer((id(owner), role), z, pad)
+        if ops.implementation_name(z, residual, out) != "c kernel":  # the op's routing table decides
+            raise NotPlanned("a norm the C kernel does not run")
+        run_norm = norm_cpu.forward_call(
+            z, residual, out, weight=norm.weight, bias=norm.bias, relu=relu, eps=norm.eps, negative_slope=negative_slope
+        )
+        run_norm(z)
+        self.steps.append((run_conv, source, run_norm))
+        return out, (out[:, :, pad:-pad, pad:-pad] if pad else out)

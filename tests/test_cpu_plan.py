@@ -1,0 +1,168 @@
+"""FastGenerator's recorded CPU inference plan (fastcyclegan.cpu_plan): replays give bitwise the unrecorded
+path's outputs, are what runs, and are remade or refused whenever what they recorded no longer holds."""
+
+import threading
+
+import pytest
+import torch
+
+from fastcyclegan import FastGenerator, Generator, cpu_plan, fast, norm_cpu, onednn, workspace
+
+pytestmark = pytest.mark.usefixtures("torch_fallback", "cpu_kernel")  # what CPU users run: no Triton interpreter
+SIZE = 64  # ngf 8 at 64x64: the pre-packed path's threshold (convs.PACKED_MIN_STEM_OUTPUTS)
+DTYPES = [torch.float32] + ([torch.bfloat16] if torch.bfloat16 in onednn._dtypes() else [])
+
+
+def _model(blocks=2, dtype=torch.float32, affine=False):
+    torch.manual_seed(0)
+    return FastGenerator.from_module(Generator(blocks, ngf=8, affine=affine)).eval().to(dtype)
+
+
+def _image(dtype=torch.float32, size=SIZE, seed=1):
+    torch.manual_seed(seed)
+    return (torch.rand(1, 3, size, size) * 2 - 1).to(dtype)
+
+
+def _unplanned(model, x):
+    with torch.inference_mode(), cpu_plan.disabled():
+        return model(x)
+
+
+def _plan(model):
+    return workspace.per_thread(model).get("plan")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("blocks", [0, 2])
+def test_replays_give_the_unrecorded_outputs_bit_for_bit(dtype, blocks):
+    model, x = _model(blocks, dtype), _image(dtype)
+    with torch.inference_mode():
+        recorded, replayed, again = model(x), model(x), model(x)
+    expected = _unplanned(model, x)
+    assert torch.equal(recorded, expected) and torch.equal(replayed, expected) and torch.equal(again, expected)
+    assert len(_plan(model).steps) == 3 + 2 * blocks + 2  # every conv + norm site recorded
+
+
+def test_a_replay_runs_no_site_call_by_call(monkeypatch):
+    model, x = _model(), _image()
+    expected = _unplanned(model, x)
+    with torch.inference_mode():
+        model(x)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a site ran call by call")
+
+        monkeypatch.setattr(fast, "_conv_norm", refuse)
+        replayed = model(x)
+    assert torch.equal(replayed, expected)
+
+
+def test_outputs_are_fresh_tensors_not_the_plans_buffers():
+    model = _model()
+    with torch.inference_mode():
+        first = model(_image(seed=1))
+        second = model(_image(seed=2))
+    assert torch.equal(first, _unplanned(model, _image(seed=1)))
+    assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("change", ["in place", "load_state_dict", "affine"])
+def test_a_parameter_update_makes_a_new_plan(change):
+    model, x = _model(affine=change == "affine"), _image()
+    with torch.inference_mode():
+        model(x)
+    with torch.no_grad():
+        if change == "in place":
+            model.model[model.layout.blocks[0]].conv_block[model.layout.block_convs[0]].weight.mul_(-0.5)
+        elif change == "load_state_dict":
+            other = _model()
+            for p in other.parameters():
+                p.mul_(1.5)
+            model.load_state_dict(other.state_dict())
+        else:  # an affine norm's weight: the plan's fp32 copy of it is made at recording
+            norm = model.model[model.layout.norm_after(model.layout.stem)]
+            norm.weight.add_(0.25)
+    with torch.inference_mode():
+        got = model(x)
+    assert torch.equal(got, _unplanned(model, x))
+
+
+def test_a_new_input_size_makes_a_new_plan():
+    model = _model()
+    with torch.inference_mode():
+        model(_image())
+        got = model(_image(size=SIZE + 6))
+        steps = _plan(model).steps
+    assert torch.equal(got, _unplanned(model, _image(size=SIZE + 6)))
+    assert steps[0][1] is None and all(source is not None for _, source, _ in steps[1:])
+
+
+def test_no_plan_runs_with_the_c_kernel_off():
+    model, x = _model(), _image()
+    with torch.inference_mode():
+        model(x)  # recorded with the C kernel
+        with norm_cpu.disabled():
+            got = model(x)
+            expected = _unplanned(model, x)
+    assert torch.equal(got, expected)  # ATen's norms, not a replay of the C kernel's
+
+
+def test_a_stem_that_does_not_run_through_its_site_is_refused_and_runs_unrecorded():
+    class OwnStem(FastGenerator):
+        def _stem(self, h0, site):
+            m, at = self.model, self.layout
+            return fast.norm_after(m, at.stem, m[at.stem]._conv_forward(h0, m[at.stem].weight, None), relu=True)
+
+    torch.manual_seed(0)
+    model, x = OwnStem.from_module(Generator(2, ngf=8)).eval(), _image()
+    with torch.inference_mode():
+        first, second = model(x), model(x)
+    assert _plan(model).head_input is None  # refused: down[0]'s input is neither the input nor a plan buffer
+    assert torch.equal(first, _unplanned(model, x)) and torch.equal(second, first)
+
+
+def test_autograd_runs_unrecorded():
+    model, x = _model(), _image().requires_grad_()
+    model(x).square().mean().backward()
+    assert x.grad is not None and _plan(model) is None
+
+
+def test_threads_replay_their_own_plans():
+    model = _model()
+    inputs = [_image(size=SIZE + 2 * k, seed=k) for k in range(3)]
+    expected = [_unplanned(model, x) for x in inputs]
+    results, errors = {}, []
+
+    def worker(k):
+        try:
+            with torch.inference_mode():
+                for _ in range(4):
+                    results[k] = model(inputs[k])
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(torch.equal(results[k], expected[k]) for k in range(3))
+
+
+def test_a_move_or_cast_drops_the_plan_and_its_buffers():
+    model, x = _model(), _image()
+    with torch.inference_mode():
+        model(x)
+    assert _plan(model) is not None
+    model.to(torch.float64)
+    assert _plan(model) is None
+
+
+def test_conv_outputs_for_the_workspaces_scratch_are_left_to_it(monkeypatch):
+    model, x = _model(), _image()
+    expected = _unplanned(model, x)
+    monkeypatch.setattr(workspace, "LARGE_BYTES", 8 * 64 * 64 * 4)  # the stem's and last up's 8x64x64 outputs
+    with torch.inference_mode():
+        got = model(x)
+    assert _plan(model).head_input is None and torch.equal(got, expected)
