@@ -5,12 +5,12 @@ implementations of `fastcyclegan.norm_contract`; `runs_forward` / `runs_backward
 ATen has no fused instance norm, so the PyTorch implementation takes six-odd passes a site (sum, centre,
 square, sum, transform, activation, residual, border) and ~100 us of Python; the C kernel reads x twice (its
 blocks' statistics, then the transform) and writes the output once, border included, in one OpenMP region
-of the runtime torch itself uses. Statistics per plane in double, two passes over cache-sized blocks merged
-by Chan's formula, and the transform in double (NCHW) or in fp32 on x - mean (channels-last): more exact than
-eager's batch norm
-(bench/results/TUNING.md). NCHW and channels-last, fp32 and bf16 (read and written as bf16, no fp32 copy).
-The backward in C for fp32 NCHW with an activation (two passes over each plane, sums in double): without one
-ATen's batch-norm backward is faster, and channels-last stays on ATen too.
+of the runtime torch itself uses. Statistics per plane by two passes over cache-sized blocks (their sums in
+double for NCHW, in fp32 on values shifted by the block's first pixel for channels-last), merged in double by
+Chan's formula, and the transform in double (NCHW) or in fp32 on x - mean (channels-last): more exact than
+eager's batch norm (bench/results/TUNING.md). NCHW and channels-last, fp32 and bf16 (read and written as bf16,
+no fp32 copy). The backward in C for fp32 NCHW with an activation (two passes over each plane, sums in double):
+without one ATen's batch-norm backward is faster, and channels-last stays on ATen too.
 
 Built at first use, or ahead of time, and loaded safely by `fastcyclegan.norm_cpu_build`.
 `FASTCYCLEGAN_CPU_KERNEL=0` (or false, off, no) turns it off; `disabled()` does so for a block of code.

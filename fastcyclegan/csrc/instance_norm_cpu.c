@@ -3,9 +3,10 @@
  * instance_norm_forward for NCHW- and channels-last-contiguous x, in one call (one OpenMP region) instead of
  * six-odd ATen passes, reading x twice at most and writing out once.
  *
- * Statistics per (image, channel) plane in double: two passes (sum, then the sum of squared deviations from
- * the mean) over blocks small enough to stay in cache, blocks merged by Chan's formula (Welford's update for
- * a block), so |mean| >> std loses no digits. The transform of NCHW planes x * a + b (a = rstd * weight,
+ * Statistics per (image, channel) plane: two passes (sum, then the sum of squared deviations from the mean)
+ * over blocks small enough to stay in cache, blocks merged in double by Chan's formula (Welford's update for
+ * a block), so |mean| >> std loses no digits; the blocks' sums in double for NCHW planes, in fp32 (twice the
+ * lanes) on values shifted by the block's first pixel for channels-last ones (pixel_block). The transform of NCHW planes x * a + b (a = rstd * weight,
  * b = bias - mean * a, eager's batch-norm form) in double too, rounded once to fp32; of channels-last pixels
  * (x - m) * a + k in fp32 (pixel_row: twice the lanes), x - m exact where x is near the mean: where
  * |mean| >> std eager's fp32 transform loses |mean| / std * 2^-24 of the output, these nothing beyond a
@@ -215,32 +216,23 @@ static void forward_nchw(const void *x, void *out, const void *residual, const i
     }
 }
 
-/* Column sums of k fp32 pixels of c values (channels-last), then the sums of squared deviations from them. */
-static inline __attribute__((always_inline)) void pixel_block(const void *v, int64_t k, int64_t c,
-                                                              double *mean, double *sq) {
-    for (int64_t ch = 0; ch < c; ch++) mean[ch] = sq[ch] = 0;
-    for (int64_t i = 0; i < k; i++)
-        for (int64_t ch = 0; ch < c; ch++) mean[ch] += load(v, i * c + ch, 0);
-    for (int64_t ch = 0; ch < c; ch++) mean[ch] /= (double)k;
-    for (int64_t i = 0; i < k; i++)
-        for (int64_t ch = 0; ch < c; ch++) {
-            double d = load(v, i * c + ch, 0) - mean[ch];
-            sq[ch] += d * d;
-        }
-}
-
-/* The same for bf16 pixels in fp32 accumulators (twice double's lanes): a block holds at most BLOCK_VALUES / c
- * pixels a channel (128 at 64 channels), whose fp32 two-pass sums err by ~1e-5 of the variance at most,
- * far below bf16's 2^-8; the blocks are merged in double as in fp32 storage. */
-static inline __attribute__((always_inline)) void pixel_block_bf16(const void *v, int64_t k, int64_t c, float *mean,
-                                                                   float *sq) {
-    for (int64_t ch = 0; ch < c; ch++) mean[ch] = sq[ch] = 0;
-    for (int64_t i = 0; i < k; i++)
-        for (int64_t ch = 0; ch < c; ch++) mean[ch] += load(v, i * c + ch, 1);
+/* Column sums of k pixels of c values (channels-last) shifted by the block's first pixel, then the sums of
+ * squared deviations from their mean, in fp32 accumulators (twice double's lanes): the shift keeps the sums
+ * near the values' spread, not their size (|mean| >> std loses nothing), and a block holds at most
+ * BLOCK_VALUES / c pixels a channel (32 at 256 channels, 128 at 64): the sums err by about sqrt(k) * 2^-24
+ * of the spread. shift, mean: the first pixel and the shifted values' mean; the blocks merge in double. */
+static inline __attribute__((always_inline)) void pixel_block(const void *v, int64_t k, int64_t c, int bf16,
+                                                              float *shift, float *mean, float *sq) {
+    for (int64_t ch = 0; ch < c; ch++) {
+        shift[ch] = load(v, ch, bf16);
+        mean[ch] = sq[ch] = 0;
+    }
+    for (int64_t i = 1; i < k; i++)
+        for (int64_t ch = 0; ch < c; ch++) mean[ch] += load(v, i * c + ch, bf16) - shift[ch];
     for (int64_t ch = 0; ch < c; ch++) mean[ch] /= (float)k;
     for (int64_t i = 0; i < k; i++)
         for (int64_t ch = 0; ch < c; ch++) {
-            float d = load(v, i * c + ch, 1) - mean[ch];
+            float d = (load(v, i * c + ch, bf16) - shift[ch]) - mean[ch];
             sq[ch] += d * d;
         }
 }
@@ -256,13 +248,12 @@ static void pixel_stats(const void *img, int64_t start, int64_t end, int64_t c, 
     for (int64_t p0 = start; p0 < end; p0 += block) {
         int64_t k = end - p0 < block ? end - p0 : block;
         const void *v = (const char *)img + p0 * c * (bf16 ? 2 : 4);
-        double *bm = scratch, *sq = scratch + c;
-        float *fm = (float *)scratch, *fsq = fm + c; /* bf16: fp32 sums in the first c doubles' room */
-        if (bf16) pixel_block_bf16(v, k, c, fm, fsq);
-        else pixel_block(v, k, c, bm, sq);
+        float *shift = (float *)scratch, *fm = shift + c, *fsq = fm + c; /* in the 2 c doubles' room */
+        if (bf16) pixel_block(v, k, c, 1, shift, fm, fsq);
+        else pixel_block(v, k, c, 0, shift, fm, fsq);
         double total = *count + (double)k;
         for (int64_t ch = 0; ch < c; ch++) {
-            double block_mean = bf16 ? (double)fm[ch] : bm[ch], block_sq = bf16 ? (double)fsq[ch] : sq[ch];
+            double block_mean = (double)shift[ch] + (double)fm[ch], block_sq = fsq[ch];
             double delta = block_mean - mean[ch];
             mean[ch] += delta * ((double)k / total);
             m2[ch] += block_sq + delta * delta * (*count * (double)k / total);
