@@ -20,29 +20,18 @@ version are those recorded, per thread, and dropped with the workspace (`workspa
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from . import convs, norm_cpu, onednn, ops, workspace
+from .dispatch import ThreadSwitch
 from .layout import memory_format_of
 from .reference import GeneratorLayout
 
-_local = threading.local()
-
-
-@contextlib.contextmanager
-def disabled():
-    """Runs the block's FastGenerator forwards (this thread's) without plans, call by call."""
-    before = getattr(_local, "off", False)
-    _local.off = True
-    try:
-        yield
-    finally:
-        _local.off = before
+_switch = ThreadSwitch()
+disabled = _switch.disabled  # this thread's forwards call by call inside its block
 
 
 class NotPlanned(Exception):
@@ -74,7 +63,7 @@ def head_input(generator, x: Tensor, body: Callable) -> Tensor | None:
     no plan runs this call (the caller runs it unrecorded). `body(h0, site)`: the generator's walk from the
     stem's input h0 to the head's input, each conv + norm site run by `site`."""
     stem = generator.model[generator.layout.stem]
-    if getattr(_local, "off", False) or not convs.runs_packed(x, stem) or not norm_cpu.in_use():
+    if _switch.off() or not convs.runs_packed(x, stem) or not norm_cpu.in_use():
         return None
     kept = workspace.per_thread(generator)
     key, plan = _key(generator, x), kept.get("plan")

@@ -2,12 +2,14 @@
 may skip PyTorch's dispatcher (`plain`: no compiler tracing, no tensor subclass) and whether the Triton
 kernels run it (`use_triton`). The fast paths that have no backward or no fake implementation (pre-packed or
 blocked conv weights, the op's implementation called directly, eager PyTorch's own layers in CPU training)
-run only where these say they may."""
+run only where these say they may; `ThreadSwitch` turns one of them off for a block of a thread's code."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import threading
 
 import torch
 from torch import Tensor
@@ -34,3 +36,23 @@ def use_triton(x: Tensor) -> bool:
     if x.device.type == "cuda":
         return True
     return x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+class ThreadSwitch:
+    """A fast path's off switch for one thread at a time: `off()` says whether this thread turned it off,
+    `disabled()` turns it off for a block (the A/B of the path, and tests)."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def off(self) -> bool:
+        return getattr(self._local, "off", False)
+
+    @contextlib.contextmanager
+    def disabled(self):
+        before = self.off()
+        self._local.off = True
+        try:
+            yield
+        finally:
+            self._local.off = before

@@ -18,22 +18,23 @@ Built at first use, or ahead of time, and loaded safely by `fastcyclegan.norm_cp
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import os
-import threading
 import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from .dispatch import ThreadSwitch
 from .norm_cpu_build import KernelUnavailable, load, outside_stacklevel
 
 _ACTIVATION = {False: 0, "relu": 1, "leaky": 2}
 _SWITCH = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
-_local = threading.local()
+_switch = ThreadSwitch()
+# runs this thread's norms on ATen (norm_torch) inside its block: the A/B of the kernel, and tests
+disabled = _switch.disabled
 
 
 def enabled_by_environment() -> bool:
@@ -79,7 +80,7 @@ def runs_forward(x: Tensor, residual: Tensor | None, out: Tensor) -> bool:
 
 def in_use() -> bool:
     """Whether the kernel runs this thread's calls that it can run: loaded, and not turned off (`disabled`)."""
-    return not getattr(_local, "off", False) and library() is not None
+    return not _switch.off() and library() is not None
 
 
 def runs_backward(dy: Tensor, x: Tensor, relu: bool) -> bool:
@@ -88,17 +89,6 @@ def runs_backward(dy: Tensor, x: Tensor, relu: bool) -> bool:
     channels-last is faster on ATen too (bench/results/TUNING.md)."""
     same = x.dtype == dy.dtype == torch.float32 and dy.stride() == x.stride()
     return relu and same and runs_forward(x, None, x) and _layout(x, None, x) == 0
-
-
-@contextlib.contextmanager
-def disabled():
-    """Runs the block's CPU norms (this thread's) on ATen (norm_torch): the A/B of the kernel, and tests."""
-    before = getattr(_local, "off", False)
-    _local.off = True
-    try:
-        yield
-    finally:
-        _local.off = before
 
 
 _STORAGE = (torch.float32, torch.bfloat16)
