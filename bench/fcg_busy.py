@@ -1,13 +1,16 @@
 """Busy PyTorch processes beside a measurement: the shared CPU a deployed model meets (other jobs, data
 loaders, a second model), so that a path that degrades worse than eager under load is seen.
 
-Each process runs 3x3 convolutions (64 channels, 64x64) in a loop with PyTorch's default thread count, as
-an independent PyTorch job on the same machine would; together they oversubscribe the cores.
+Each process runs 3x3 convolutions (64 channels, 64x64) in a loop with PyTorch's default thread count and
+OpenMP settings, as an independent PyTorch job on the same machine would; together they oversubscribe the
+cores.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import subprocess
 import sys
 import time
@@ -26,7 +29,10 @@ with torch.inference_mode():
 @contextlib.contextmanager
 def busy_processes(count: int) -> Iterator[list[subprocess.Popen]]:
     """`count` busy PyTorch processes, started (each has printed "busy") before the body runs, killed after."""
-    procs = [subprocess.Popen([sys.executable, "-c", _LOOP], stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    # the load is the same whatever the measured process's OpenMP settings: each busy process has the defaults
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    popen = functools.partial(subprocess.Popen, stdout=subprocess.PIPE, text=True, env=env)
+    procs = [popen([sys.executable, "-c", _LOOP]) for _ in range(count)]
     try:
         for proc in procs:
             if proc.stdout.readline().strip() != "busy":

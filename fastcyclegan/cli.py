@@ -308,6 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# iterations an idle OpenMP thread spins before it sleeps (libgomp's default without OMP_WAIT_POLICY: 300,000)
+OPENMP_SPIN = "2000"
+
+
+def short_openmp_spin() -> None:
+    """Lets PyTorch's OpenMP threads (libgomp) spin OPENMP_SPIN iterations before sleeping, not 300,000, unless
+    the user chose (GOMP_SPINCOUNT or OMP_WAIT_POLICY set) or torch has already loaded libgomp, which reads it
+    once. Spinning threads beside other busy processes kept taking the cores from the threads they waited
+    for: FastGenerator at 128x128 fp32 beside 2 busy PyTorch processes took 506-693 ms a forward against
+    162-176 ms so; alone, the same within noise (2-core EPYC; bench/results/TUNING.md). Decoding processes
+    inherit it."""
+    if "torch" in sys.modules or {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ):
+        return
+    os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN
+
+
 def main(argv=None) -> int:
     # Ctrl-C and SIGTERM (torchrun stopping a job, GNU timeout, docker stop, a scheduler's preemption) stop a
     # translate run after the batch in hand: its decoding processes shut down, writes in progress finish,
@@ -315,6 +331,7 @@ def main(argv=None) -> int:
     if (sys.argv[1:] if argv is None else argv)[:1] == ["translate"]:
         signal.signal(signal.SIGINT, stopping.request_stop)
         signal.signal(signal.SIGTERM, stopping.request_stop)
+        short_openmp_spin()
     try:
         args = build_parser().parse_args(argv)
         problem = missing_extra(args.command)

@@ -1,5 +1,6 @@
 """fastcyclegan.backends: every CPU backend builds, runs, and passes the parity rule; the rest say why not."""
 
+import numpy as np
 import pytest
 import torch
 from helpers import generator_parity, hide_module
@@ -124,3 +125,28 @@ def test_openvino_in_bf16_runs_where_the_cpu_has_native_bf16():
     check = generator_parity(reference, backend.run, torch.bfloat16, (2, 3, 24, 24))
     assert check.passed, check
     assert backend.run(torch.rand(1, 3, 24, 24, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_the_runtimes_take_bf16_images_widened_by_numpy_not_by_a_pytorch_op():
+    """The hand-over before the runtime's own call runs no PyTorch copy: a parallel one leaves the OpenMP threads
+    spinning beside the runtime's threads through its call. Bit for bit the widening PyTorch makes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fastcyclegan.harness.runtimes import float32_array
+
+    class Ops(TorchDispatchMode):
+        names: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(2, 3, 5, 7).bfloat16()
+    x[0, 0, 0, :4] = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0])
+    with Ops() as ops:
+        widened = float32_array(x)
+    assert not [name for name in ops.names if "copy" in name], ops.names
+    assert widened.dtype == np.float32 and np.array_equal(widened, x.float().numpy(), equal_nan=True)
+    assert np.signbit(widened[0, 0, 0, 3])
+    fp32 = torch.randn(1, 3, 4, 4)
+    assert np.shares_memory(float32_array(fp32), fp32.numpy())  # zero-copy

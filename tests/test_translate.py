@@ -579,3 +579,32 @@ def test_the_exif_orientation_is_applied_as_image_tools_do(tmp_path):
     upright.save(tmp_path / "upright.jpg", quality=95)
     phone, reference = load_image(tmp_path / "phone.jpg", 32), load_image(tmp_path / "upright.jpg", 32)
     assert (phone - reference).abs().mean() < 0.05
+
+
+_SPIN_ENV = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+
+
+def _spin_after(prelude: str, **env) -> str:
+    """GOMP_SPINCOUNT as a fresh process sees it after `prelude` and `cli.short_openmp_spin()`, then torch."""
+    code = f"import os\n{prelude}\nfrom fastcyclegan import cli\ncli.short_openmp_spin()\nimport torch\n"
+    code += "print(os.environ.get('GOMP_SPINCOUNT'))"
+    clean = {k: v for k, v in os.environ.items() if k not in _SPIN_ENV}
+    done = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_translate_lets_openmp_threads_sleep_soon_unless_the_user_chose(monkeypatch):
+    from fastcyclegan import cli
+
+    assert _spin_after("") == cli.OPENMP_SPIN  # set before torch loads libgomp, which reads it then
+    assert _spin_after("", OMP_WAIT_POLICY="active") == "None"  # the user's choice
+    assert _spin_after("", GOMP_SPINCOUNT="7") == "7"
+    assert _spin_after("import torch") == "None"  # too late to take effect: left alone
+    calls = []
+    monkeypatch.setattr(cli, "short_openmp_spin", lambda: calls.append(1))
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)  # pytest keeps its own Ctrl-C handling
+    for command in (["translate"], ["export"]):
+        with pytest.raises(SystemExit):  # arguments missing: argparse exits after main's first lines
+            main(command)
+    assert calls == [1]  # translate only

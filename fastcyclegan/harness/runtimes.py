@@ -4,7 +4,8 @@ export a user would ship; the registry, `backends`, exports it), on a CPU, with 
 
 `unavailable(name, device, dtype)` says why one cannot run here (package absent, device, dtype);
 `build(name, model, dtype)` returns a callable that takes and returns torch tensors, so the benchmarks time
-and check it like any other backend (the numpy hand-over is zero-copy for fp32 and inside the timing).
+and check it like any other backend (the numpy hand-over is zero-copy for fp32, made by numpy for bf16, and
+inside the timing).
 Only the CPU is wired: ONNX Runtime's CUDA and TensorRT execution providers would need IO binding of CUDA
 tensors, which nobody here could run (no GPU with onnxruntime-gpu); on CUDA they are skipped with that reason.
 """
@@ -17,6 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -99,7 +101,20 @@ def _openvino(model, threads: int, dtype: torch.dtype) -> Callable[[Tensor], Ten
     request = compiled.create_infer_request()
 
     def run(x: Tensor) -> Tensor:
-        out = request.infer([x.contiguous().float().numpy()])[compiled.output(0)]
+        out = request.infer([float32_array(x)])[compiled.output(0)]
         return torch.from_numpy(out.copy()).to(dtype)  # the request reuses its output buffer
 
     return run
+
+
+def float32_array(x: Tensor):
+    """x as a float32 numpy array, without a PyTorch op on the way for bf16 (its bits widened by numpy): a
+    PyTorch conversion of a 1x3x128x128 image runs in parallel and leaves the OpenMP threads spinning through
+    the runtime's own call beside them (OpenVINO bf16 at 128x128, interleaved with FastGenerator on a 2-core
+    EPYC: 24.1-24.4 ms so, 20.1 ms widened so; bench/results/TUNING.md). fp32 (the other dtype the runtimes
+    take) is zero-copy."""
+    x = x.contiguous()
+    if x.dtype == torch.bfloat16:
+        bits = x.view(torch.int16).numpy().view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32)
+    return x.numpy()
