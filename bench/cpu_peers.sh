@@ -2,7 +2,8 @@
 # The CPU against what users deploy with: interleaved A/B (python -m bench.ab) of eager, torch.compile (plain
 # and with inductor's freezing), FastGenerator (plain, with its norms on ATen instead of the C kernel, and
 # compiled), ONNX Runtime and OpenVINO, PyTorch's thread count, at 128x128 batch 1 and 256x256 batches 1 and
-# 4, in fp32 and (where the CPU runs it natively) bf16; then fp32 at 128x128 beside 2 busy PyTorch processes.
+# 4, in fp32 and (where the CPU runs it natively) bf16; then fp32 at 128x128 beside 2 busy PyTorch processes,
+# with the default OpenMP settings and with the one `fastcyclegan translate` uses.
 #
 #   bash bench/cpu_peers.sh OUT_DIR            (about 25 minutes on a 2-core CPU; the onnx and openvino extras)
 #   DTYPES=fp32 bash bench/cpu_peers.sh OUT_DIR   one dtype only
@@ -30,3 +31,6 @@ for dtype in ${DTYPES:-fp32 bf16}; do
     run "$dtype" 256px-b4 --size 256 --batch 4 --rounds 5
 done
 run fp32 128px-b1-busy2 --size 128 --batch 1 --rounds 11 --busy 2
+# the same load with the OpenMP setting `fastcyclegan translate` runs with (fastcyclegan/cli.py: idle threads
+# sleep after 2,000 spins); the busy processes keep the defaults (bench/fcg_busy.py)
+GOMP_SPINCOUNT=2000 run fp32 128px-b1-busy2-spin2000 --size 128 --batch 1 --rounds 11 --busy 2
