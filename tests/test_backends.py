@@ -150,3 +150,19 @@ def test_the_runtimes_take_bf16_images_widened_by_numpy_not_by_a_pytorch_op():
     assert np.signbit(widened[0, 0, 0, 3])
     fp32 = torch.randn(1, 3, 4, 4)
     assert np.shares_memory(float32_array(fp32), fp32.numpy())  # zero-copy
+
+
+def test_the_runtimes_bf16_outputs_are_rounded_by_numpy_as_pytorch_rounds():
+    from fastcyclegan.harness.runtimes import tensor_of
+
+    values = torch.randn(4096) * torch.logspace(-40, 38, 4096)  # normals, subnormals, near-overflow
+    ties = (torch.arange(-64, 64, dtype=torch.int32) << 16 | 0x8000).view(torch.float32)  # halfway: even wins
+    special = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0, 0.0, 3.3895e38, -3.3895e38])
+    out = torch.cat([values, ties, special]).numpy()
+    got = tensor_of(out, torch.bfloat16)
+    expected = torch.from_numpy(out).to(torch.bfloat16)
+    assert got.dtype == torch.bfloat16
+    assert torch.equal(got.view(torch.int16)[~expected.isnan()], expected.view(torch.int16)[~expected.isnan()])
+    assert torch.equal(got.isnan(), expected.isnan())
+    kept = tensor_of(out, torch.float32)
+    assert np.array_equal(kept.numpy(), out, equal_nan=True) and not np.shares_memory(kept.numpy(), out)  # a copy

@@ -5,7 +5,7 @@ export a user would ship; the registry, `backends`, exports it), on a CPU, with 
 `unavailable(name, device, dtype)` says why one cannot run here (package absent, device, dtype);
 `build(name, model, dtype)` returns a callable that takes and returns torch tensors, so the benchmarks time
 and check it like any other backend (the numpy hand-over is zero-copy for fp32, made by numpy for bf16, and
-inside the timing).
+inside the timing; no PyTorch op between two calls of a runtime).
 Only the CPU is wired: ONNX Runtime's CUDA and TensorRT execution providers would need IO binding of CUDA
 tensors, which nobody here could run (no GPU with onnxruntime-gpu); on CUDA they are skipped with that reason.
 """
@@ -101,8 +101,7 @@ def _openvino(model, threads: int, dtype: torch.dtype) -> Callable[[Tensor], Ten
     request = compiled.create_infer_request()
 
     def run(x: Tensor) -> Tensor:
-        out = request.infer([float32_array(x)])[compiled.output(0)]
-        return torch.from_numpy(out.copy()).to(dtype)  # the request reuses its output buffer
+        return tensor_of(request.infer([float32_array(x)])[compiled.output(0)], dtype)
 
     return run
 
@@ -118,3 +117,15 @@ def float32_array(x: Tensor):
         bits = x.view(torch.int16).numpy().view(np.uint16).astype(np.uint32) << 16
         return bits.view(np.float32)
     return x.numpy()
+
+
+def tensor_of(array, dtype: torch.dtype) -> Tensor:
+    """The runtime's float32 output array as a new tensor of dtype (the runtime reuses its output buffer), bf16
+    rounded by numpy as PyTorch rounds (to nearest even, NaN kept): no PyTorch op between the runtime's calls
+    either (a pytest-benchmark round calls it again at once)."""
+    if dtype != torch.bfloat16:
+        return torch.from_numpy(array.copy())
+    bits = array.view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    rounded[np.isnan(array)] = 0x7FC0
+    return torch.from_numpy(rounded.view(np.int16)).view(torch.bfloat16)
