@@ -166,3 +166,18 @@ def test_conv_outputs_for_the_workspaces_scratch_are_left_to_it(monkeypatch):
     with torch.inference_mode():
         got = model(x)
     assert _plan(model).head_input is None and torch.equal(got, expected)
+
+
+def test_dropping_the_model_frees_its_plan():
+    """The plan (in the workspace, keyed weakly by the model) holds no reference back to the model."""
+    import gc
+    import weakref
+
+    model, x = _model(), _image()
+    with torch.inference_mode():
+        model(x)
+    assert _plan(model) is not None
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None
