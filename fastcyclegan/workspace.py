@@ -11,7 +11,8 @@ plans its memory once; here
   buffer kept per channel count (`scratch`: each conv's output is dead once the norm after it has read it),
   or made a group of images at a time where the conv cannot write into a buffer (`images_per_group`).
 Only in plain inference (no autograd, no compiler). The buffers live as long as their module (a weak
-reference keys them: never pickled, copied or in a state dict) and are dropped when it moves or casts.
+reference keys them: never pickled, copied or in a state dict) and are dropped when it moves or casts; so is
+the recorded plan of `cpu_plan`, kept here too, which holds its own buffers under the same roles.
 Nothing a forward returns is one of them: the next layer reads a norm's output, the module returns its own.
 """
 
