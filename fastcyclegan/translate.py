@@ -14,6 +14,7 @@ stage bounded the throughput.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import hashlib
 import os
@@ -133,12 +134,28 @@ class _Images(torch.utils.data.Dataset):
             return i, None, f"{type(err).__name__}: {err}"
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _leave_signals_to_the_main_process(worker_id: int) -> None:
     """In each decoding process: Ctrl-C and SIGTERM sent to the whole process group (a terminal, GNU
     timeout, docker stop, Slurm) are the main process's to handle; it stops the workers itself, so the run
-    ends as interrupted (130, one line) instead of on a worker killed under the loader."""
+    ends as interrupted (130, one line) instead of on a worker killed under the loader. The process starts
+    with both blocked (`_stop_signals_blocked`): one that came before this ran is dropped, not fatal."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked():
+    """Ctrl-C and SIGTERM held back while the decoding processes fork (they inherit the mask, so a signal to
+    the process group cannot kill one before it ignores it); the main process gets a held one on leaving."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _collate(items):
@@ -483,7 +500,8 @@ def run_translation(plan: Plan) -> Summary:
 
     with ThreadPoolExecutor(max_workers=n_writers) as writer, torch.inference_mode():
         waiting: collections.deque = collections.deque()
-        batches = iter(loader)
+        with _stop_signals_blocked():
+            batches = iter(loader)  # forks the decoding processes
         try:
             while stopped is None:
                 if stopping.stop_requested():

@@ -608,3 +608,33 @@ def test_translate_lets_openmp_threads_sleep_soon_unless_the_user_chose(monkeypa
         with pytest.raises(SystemExit):  # arguments missing: argparse exits after main's first lines
             main(command)
     assert calls == [1]  # translate only
+
+
+def test_decoding_processes_fork_with_the_stop_signals_held_back(tmp_path, checkpoint, images, monkeypatch):
+    """A SIGTERM to the process group while the decoding processes start (GNU timeout right after launch) must
+    not kill one before it ignores the signal: they fork with SIGINT and SIGTERM blocked, and unblock them once
+    ignored. Without it the run ended as 'a decoding process died' (exit 1) instead of interrupted (130)."""
+    path, _ = checkpoint
+    masks = []
+    start = torch.utils.data.DataLoader.__iter__
+
+    def recorded(loader):
+        masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, set()))
+        return start(loader)
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__iter__", recorded)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    translate(path, images, tmp_path / "out", size=SIZE, device="cpu", workers=1, progress=False)
+    assert masks and {signal.SIGINT, signal.SIGTERM} <= masks[0]
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before  # restored after the fork
+
+    code = (
+        "import os, signal\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # before any thread starts\n"
+        "from fastcyclegan.translate import _leave_signals_to_the_main_process\n"
+        "os.kill(os.getpid(), signal.SIGTERM)  # held back, as in a worker that was just forked\n"
+        "_leave_signals_to_the_main_process(0)\n"
+        "print(sorted(signal.pthread_sigmask(signal.SIG_BLOCK, set())), 'alive')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[] alive", (done.returncode, done.stdout, done.stderr)
