@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor, nn
 
 from . import convs, norm_cpu, onednn, ops, workspace
 from .dispatch import ThreadSwitch
-from .layout import memory_format_of
+from .layout import interior, padded_shape
 from .reference import GeneratorLayout
 
 _switch = ThreadSwitch()
@@ -93,16 +92,6 @@ class _Recorder:
             raise NotPlanned("an operand that is neither the input nor a buffer of the plan")
         return t
 
-    def _buffer(self, role, z: Tensor, pad: int) -> Tensor:
-        n, c, h, w = z.shape
-        shape = (n, c, h + 2 * pad, w + 2 * pad)
-        buffer = self.buffers.get(role)
-        if buffer is None or tuple(buffer.shape) != shape:
-            with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
-                buffer = torch.empty(shape, dtype=z.dtype, memory_format=memory_format_of(z))
-            self.buffers[role] = buffer
-        return buffer
-
     def site(
         self,
         layers: nn.Sequential,
@@ -126,7 +115,7 @@ class _Recorder:
         run_conv = onednn.conv_call(layer, h, None)
         z = run_conv(h)
         owner, role = buffer or (layers, conv)
-        out = self._buffer((id(owner), role), z, pad)
+        out = workspace.buffer_in(self.buffers, (id(owner), role), padded_shape(z, pad), z)
         if ops.implementation_name(z, residual, out) != "c kernel":  # the op's routing table decides
             raise NotPlanned("a norm the C kernel does not run")
         run_norm = norm_cpu.forward_call(
@@ -134,4 +123,4 @@ class _Recorder:
         )
         run_norm(z)
         self.steps.append((run_conv, source, run_norm))
-        return out, (out[:, :, pad:-pad, pad:-pad] if pad else out)
+        return out, interior(out, pad)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import convs, cpu_plan, workspace
+from .layout import interior
 from .ops import instance_norm
 from .recognition import NotConvertible
 from .reference import Generator, GeneratorLayout
@@ -55,11 +56,7 @@ def norm_site(
         owner, role = buffer or (layers, conv)
         out = workspace.kept_output(owner, role, z, pad, residual, weight, bias, conv_bias)  # large CPU inference
     out = instance_norm(z, residual, weight=weight, bias=bias, conv_bias=conv_bias, out=out, **fused)
-    return out, _interior(out, pad)
-
-
-def _interior(t: Tensor, pad: int) -> Tensor:
-    return t[:, :, pad:-pad, pad:-pad] if pad else t
+    return out, interior(out, pad)
 
 
 def norm_after(layers: nn.Sequential, conv: int, z: Tensor, **fused) -> Tensor:
@@ -103,7 +100,7 @@ def _conv_norm(owner: nn.Module, layers: nn.Sequential, conv: int, h: Tensor, **
             out = workspace.kept_output(site_owner, role, z, pad, *others, images=shape[0])
         part = None if residual is None else residual[start : start + step]
         norm_site(layers, conv, z, residual=part, out=out[start : start + step], **fused)
-    return out, _interior(out, pad)
+    return out, interior(out, pad)
 
 
 def min_input_size(num_blocks: int) -> int:

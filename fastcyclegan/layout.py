@@ -26,11 +26,20 @@ def plane_layout(x: Tensor) -> Tensor:
     return x.contiguous()
 
 
+def padded_shape(x: Tensor, pad: int) -> tuple[int, int, int, int]:
+    """(N, C, H + 2 pad, W + 2 pad) for x of shape (N, C, H, W): x reflection-padded by `pad`."""
+    n, c, h, w = x.shape
+    return (n, c, h + 2 * pad, w + 2 * pad)
+
+
+def interior(t: Tensor, pad: int) -> Tensor:
+    """The unpadded (N, C, H, W) view of t padded by `pad` (t itself for pad 0)."""
+    return t[:, :, pad:-pad, pad:-pad] if pad else t
+
+
 def padded_empty(x: Tensor, pad: int) -> Tensor:
     """An uninitialized (N, C, H + 2 pad, W + 2 pad) tensor in x's dtype, device and memory format."""
-    n, c, h, w = x.shape
-    shape = (n, c, h + 2 * pad, w + 2 * pad)
-    return torch.empty(shape, device=x.device, dtype=x.dtype, memory_format=memory_format_of(x))
+    return torch.empty(padded_shape(x, pad), device=x.device, dtype=x.dtype, memory_format=memory_format_of(x))
 
 
 def stats_dtype(x: Tensor) -> torch.dtype:

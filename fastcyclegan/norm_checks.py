@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .layout import memory_format_of
+from .layout import memory_format_of, padded_shape
 
 _SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -67,8 +67,7 @@ def check_out(out, x: Tensor, residual, pad: int, route: str) -> None:
         raise ValueError(
             f"out= takes plain inference only (no autograd, no compiler, no tensor subclass), not route {route!r}"
         )
-    n, c, h, w = x.shape
-    shape = (n, c, h + 2 * pad, w + 2 * pad)
+    shape = padded_shape(x, pad)
     fmt = memory_format_of(x)
     if not isinstance(out, Tensor) or tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device:
         got = (

@@ -104,7 +104,8 @@ def _geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int]]:
 
 
 def _pointwise(h: Tensor, packed: Tensor, bias, padding, stride, dilation) -> Tensor:
-    return torch.ops.mkldnn._convolution_pointwise(h, packed, bias, padding, stride, dilation, 1, "none", [], "")
+    pointwise = torch.ops.mkldnn._convolution_pointwise.default
+    return pointwise(h, packed, bias, padding, stride, dilation, 1, "none", [], "")
 
 
 def blocked_2x2_fits(conv: nn.Conv2d, h: Tensor) -> bool:
@@ -168,8 +169,7 @@ def conv_call(conv: nn.Module, h: Tensor, bias: Tensor | None) -> Callable[[Tens
         transpose = torch.ops.mkldnn._convolution_transpose_pointwise.default
         return lambda x: transpose(x, packed, bias, padding, output_padding, stride, dilation, 1, "none", [], "")
     packed = _packed_weight(conv, h)
-    pointwise = torch.ops.mkldnn._convolution_pointwise.default
-    return lambda x: pointwise(x, packed, bias, padding, stride, dilation, 1, "none", [], "")
+    return lambda x: _pointwise(x, packed, bias, padding, stride, dilation)
 
 
 def conv2d(conv: nn.Conv2d, h: Tensor, bias: Tensor | None, out: Tensor | None = None) -> Tensor:

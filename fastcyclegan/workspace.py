@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .dispatch import plain, records_grad
-from .layout import memory_format_of
+from .layout import memory_format_of, padded_shape
 
 KEEP_BYTES = 1 << 20  # smaller outputs come from the allocator's cached chunks without faults
 # glibc's largest mmap threshold on 64-bit: blocks this large are mapped fresh at every allocation (a 4x3x262x262
@@ -49,7 +49,11 @@ def per_thread(owner: nn.Module) -> dict:
 
 def _buffer(owner: nn.Module, key, shape: tuple, like: Tensor) -> Tensor:
     """The kept buffer `key` of owner on this thread, (re)made when its shape, dtype or layout changed."""
-    kept = per_thread(owner)
+    return buffer_in(per_thread(owner), key, shape, like)
+
+
+def buffer_in(kept: dict, key, shape: tuple, like: Tensor) -> Tensor:
+    """kept[key], (re)made when its shape, or like's dtype or layout, changed (`cpu_plan` keeps its own)."""
     buffer = kept.get(key)
     fmt = memory_format_of(like)
     if buffer is None or tuple(buffer.shape) != shape or buffer.dtype != like.dtype or memory_format_of(buffer) != fmt:
@@ -64,8 +68,8 @@ def kept_output(owner: nn.Module, site, x: Tensor, pad: int, *others, images: in
     batch the buffer holds when x is its first group of images (default: x's batch)."""
     if not in_play(x, *others):
         return None
-    n, c, h, w = x.shape
-    shape = (images or n, c, h + 2 * pad, w + 2 * pad)
+    n, *rest = padded_shape(x, pad)
+    shape = (images or n, *rest)
     if _bytes(shape, x) <= KEEP_BYTES:
         return None
     return _buffer(owner, site, shape, x)

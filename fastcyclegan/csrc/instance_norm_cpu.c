@@ -6,11 +6,11 @@
  * Statistics per (image, channel) plane: two passes (sum, then the sum of squared deviations from the mean)
  * over blocks small enough to stay in cache, blocks merged in double by Chan's formula (Welford's update for
  * a block), so |mean| >> std loses no digits; the blocks' sums in double for NCHW planes, in fp32 (twice the
- * lanes) on values shifted by the block's first pixel for channels-last ones (pixel_block). The transform of NCHW planes x * a + b (a = rstd * weight,
- * b = bias - mean * a, eager's batch-norm form) in double too, rounded once to fp32; of channels-last pixels
- * (x - m) * a + k in fp32 (pixel_row: twice the lanes), x - m exact where x is near the mean: where
- * |mean| >> std eager's fp32 transform loses |mean| / std * 2^-24 of the output, these nothing beyond a
- * rounding or two of the result.
+ * lanes) on values shifted by the block's first pixel for channels-last ones (pixel_block). The transform of
+ * NCHW planes x * a + b (a = rstd * weight, b = bias - mean * a, eager's batch-norm form) in double too,
+ * rounded once to fp32; of channels-last pixels (x - m) * a + k in fp32 (pixel_row: twice the lanes), x - m
+ * exact where x is near the mean: where |mean| >> std eager's fp32 transform loses |mean| / std * 2^-24 of the
+ * output, these nothing beyond a rounding or two of the result.
  *
  * Layouts (no strides beyond these; the caller checks):
  *   x           : NCHW (n, c, h, w) or channels-last (n, h, w, c), contiguous
