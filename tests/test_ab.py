@@ -26,3 +26,18 @@ def test_every_timed_call_follows_an_idle_pause(monkeypatch, tmp_path):
     assert warm_up == [("call", "eager"), ("call", "fast")]
     pause = ("pause",)
     assert timed == [pause, ("call", "eager"), pause, ("call", "fast")] * 3
+
+
+def test_the_busy_processes_keep_the_default_openmp_settings(monkeypatch):
+    """The load beside a measurement is the same whatever OpenMP settings the measuring process has."""
+    from pathlib import Path
+
+    from bench.fcg_busy import busy_processes
+
+    monkeypatch.setenv("GOMP_SPINCOUNT", "2000")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    with busy_processes(1) as procs:
+        environ = Path(f"/proc/{procs[0].pid}/environ").read_bytes().split(b"\0")
+    names = {entry.split(b"=", 1)[0] for entry in environ}
+    assert b"PATH" in names  # the rest of the environment is passed on
+    assert not names & {b"GOMP_SPINCOUNT", b"OMP_WAIT_POLICY"}
