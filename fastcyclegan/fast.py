@@ -100,6 +100,9 @@ def _conv_norm(owner: nn.Module, layers: nn.Sequential, conv: int, h: Tensor, **
             out = workspace.kept_output(site_owner, role, z, pad, *others, images=shape[0])
         part = None if residual is None else residual[start : start + step]
         norm_site(layers, conv, z, residual=part, out=out[start : start + step], **fused)
+        # freed before the next group's output is made, so glibc hands the same block back: with two alive the
+        # heap grew past its trim threshold and was faulted in again at every forward (bench/results/TUNING.md)
+        del z
     return out, interior(out, pad)
 
 

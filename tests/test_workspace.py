@@ -3,6 +3,7 @@
 dropped on a move or cast, one set per thread; the op's `out=` takes plain inference only."""
 
 import threading
+import weakref
 
 import pytest
 import torch
@@ -155,13 +156,18 @@ def test_large_conv_outputs_go_into_kept_scratch_and_transposed_ones_by_image_gr
         expected = fast(x)
     image = 8 * 64 * 64 * x.element_size()  # one image's stem output
     monkeypatch.setattr(workspace, "LARGE_BYTES", 2 * image + 1)
-    written, batches = [], []
+    written, batches, transposed, lingering = [], [], [], []
     conv = convs.conv_without_bias
 
     def recorded(layer, h, out=None):
         written.append(out is not None)
         batches.append((type(layer).__name__, h.shape[0]))
-        return conv(layer, h, out=out)
+        if isinstance(layer, torch.nn.ConvTranspose2d):  # the groups' outputs alive when the next one is made
+            lingering.append(sum(ref() is not None for ref in transposed))
+        z = conv(layer, h, out=out)
+        if isinstance(layer, torch.nn.ConvTranspose2d):
+            transposed.append(weakref.ref(z))
+        return z
 
     monkeypatch.setattr(convs, "conv_without_bias", recorded)
     with torch.inference_mode():
@@ -173,6 +179,9 @@ def test_large_conv_outputs_go_into_kept_scratch_and_transposed_ones_by_image_gr
     assert torch.equal(again, first)
     assert written[:2] == [True, True] and sum(written) == 4  # the stem, the first down conv, at each call
     assert [b for kind, b in batches if kind == "ConvTranspose2d"] == [3, 2, 2, 2, 1] * 2
+    # each group's output freed before the next is made: glibc hands the same block back instead of growing
+    # the heap past its trim threshold (faults at every forward; bench/results/TUNING.md)
+    assert lingering == [0] * 10
     assert len(scratch) == 2  # one per channel count
     assert {k: t.data_ptr() for k, t in _kept(fast).items() if k[1][0] == "scratch"} == scratch
     with torch.inference_mode():  # images of other sizes: the same two buffers, remade, not more of them
