@@ -9,7 +9,9 @@ plans its memory once; here
   KEEP_BYTES (`kept_output`): 7 buffers for any number of blocks (65 MB at 256x256 batch 1 fp32);
 - a conv output of LARGE_BYTES or more, which glibc always serves with fresh pages, is written into a scratch
   buffer kept per channel count (`scratch`: each conv's output is dead once the norm after it has read it),
-  or made a group of images at a time where the conv cannot write into a buffer (`images_per_group`).
+  or made a group of images at a time where the conv cannot write into a buffer (`images_per_group`);
+- the conv outputs under LARGE_BYTES, fresh at every call, stay in glibc's heap once freed (`heap.settle`, at
+  the first kept buffer).
 Only in plain inference (no autograd, no compiler). The buffers live as long as their module (a weak
 reference keys them: never pickled, copied or in a state dict) and are dropped when it moves or casts; so is
 the recorded plan of `cpu_plan`, kept here too, which holds its own buffers under the same roles.
@@ -24,6 +26,7 @@ import weakref
 import torch
 from torch import Tensor, nn
 
+from . import heap
 from .dispatch import plain, records_grad
 from .layout import memory_format_of, padded_shape
 
@@ -57,6 +60,7 @@ def buffer_in(kept: dict, key, shape: tuple, like: Tensor) -> Tensor:
     buffer = kept.get(key)
     fmt = memory_format_of(like)
     if buffer is None or tuple(buffer.shape) != shape or buffer.dtype != like.dtype or memory_format_of(buffer) != fmt:
+        heap.settle()  # once a process: freed activations stay in glibc's heap (`heap`)
         with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
             buffer = kept[key] = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
     return buffer
