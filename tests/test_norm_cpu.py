@@ -24,13 +24,15 @@ def _residual(kind, x, pad):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize(
     "shape, pad",
-    [((2, 5, 6, 7), p) for p in (0, 1, 3)] + [((1, 3, 100, 97), 3), ((2, 4, 1, 1), 0), ((3, 1, 5, 4), 1)],
+    [((2, 5, 6, 7), p) for p in (0, 1, 3)]
+    + [((1, 3, 100, 97), 3), ((2, 4, 1, 1), 0), ((3, 1, 5, 4), 1), ((2, 130, 6, 7), 1)],
 )
 @pytest.mark.parametrize("residual", [None, "contiguous", "interior"])
 @pytest.mark.parametrize("act", [False, True, 0.2], ids=["none", "relu", "leaky"])
 def test_the_kernel_matches_the_float64_reference(cpu_kernel, channels_last, shape, pad, residual, act):
     """Every layout, border width, residual kind and activation; planes larger than one statistics block
-    (100x97 > 8192 values), 1x1 planes, one channel; an affine norm whose mean is far from zero."""
+    (100x97 > 8192 values), 1x1 planes, one channel, 130 channels (two of the channels-last loops' blocks of 64
+    and a tail); an affine norm whose mean is far from zero."""
     c = shape[1]
     gen = torch.Generator().manual_seed(sum(shape) + pad)
     x = to_format(torch.randn(shape, generator=gen) * 3 + 40, channels_last)
@@ -55,11 +57,13 @@ def test_the_kernel_matches_the_float64_reference(cpu_kernel, channels_last, sha
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("pad, residual", [(0, None), (1, "interior"), (3, "contiguous")])
 @pytest.mark.parametrize("act", [True, 0.2, False], ids=["relu", "leaky", "none"])
-def test_bf16_is_read_and_written_as_bf16_within_one_rounding(cpu_kernel, channels_last, pad, residual, act):
+@pytest.mark.parametrize("channels", [16, 80])
+def test_bf16_is_read_and_written_as_bf16_within_one_rounding(cpu_kernel, channels_last, pad, residual, act, channels):
     """bf16 x, residual and output: each output within one bf16 rounding of the float64 reference (of the
-    bf16 inputs), as the PyTorch implementation's (which converts to fp32 and back); NaN kept."""
+    bf16 inputs), as the PyTorch implementation's (which converts to fp32 and back); NaN kept. 80 channels: a
+    block of 64 and a tail in the channels-last loops."""
     gen = torch.Generator().manual_seed(pad)
-    x = to_format(torch.randn(2, 16, 9, 11, generator=gen) * 2 + 3, channels_last).bfloat16()
+    x = to_format(torch.randn(2, channels, 9, 11, generator=gen) * 2 + 3, channels_last).bfloat16()
     x[0, 0, 0, 0] = float("nan")  # poisons plane (0, 0) only
     r = _residual(residual, x, pad)
     kw = dict(relu=bool(act), negative_slope=act if act is not True else 0.0)
