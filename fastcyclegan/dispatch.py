@@ -2,7 +2,8 @@
 may skip PyTorch's dispatcher (`plain`: no compiler tracing, no tensor subclass) and whether the Triton
 kernels run it (`use_triton`). The fast paths that have no backward or no fake implementation (pre-packed or
 blocked conv weights, the op's implementation called directly, eager PyTorch's own layers in CPU training)
-run only where these say they may; `ThreadSwitch` turns one of them off for a block of a thread's code."""
+run only where these say they may; `ThreadSwitch` turns one of them off for a block of a thread's code, and
+`environment_switch` reads the variable that turns one off for a process."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 _TRITON = importlib.util.find_spec("triton") is not None
+_SWITCH = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 
@@ -56,3 +58,12 @@ class ThreadSwitch:
             yield
         finally:
             self._local.off = before
+
+
+def environment_switch(name: str, what: str) -> bool:
+    """The environment variable `name`: 1/true/on/yes (the default, unset) or 0/false/off/no; ValueError naming
+    it, `what` it switches and the value found for anything else."""
+    value = os.environ.get(name, "1")
+    if value.strip().lower() not in _SWITCH:
+        raise ValueError(f"{name} must be 1, true, on, yes or 0, false, off, no ({what}), got {value!r}")
+    return _SWITCH[value.strip().lower()]

@@ -13,8 +13,9 @@ their memory in arenas of their own; convs run through ATen allocate through the
 only): mmap for blocks of MMAP_BYTES or more (glibc's own dynamic maximum), trim past TRIM_BYTES of free heap
 top. The cost is memory: up to TRIM_BYTES of freed heap stays with the process instead of going back to the
 kernel. A process that sets glibc's malloc thresholds itself (any of GLIBC_VARIABLES in its environment, or
-`glibc.malloc.` in GLIBC_TUNABLES) keeps them, and one with FASTCYCLEGAN_SETTLE_HEAP=0 keeps glibc's own
-dynamic policy. Elsewhere (another C library, an allocator preloaded in glibc's place) nothing changes.
+`glibc.malloc.` in GLIBC_TUNABLES) keeps them, and one with FASTCYCLEGAN_SETTLE_HEAP=0 (or false, off, no)
+keeps glibc's own dynamic policy. Elsewhere (another C library, an allocator preloaded in glibc's place)
+nothing changes.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import functools
 import os
 from collections.abc import Mapping
 
+from .dispatch import environment_switch
+
 MMAP_BYTES = 32 << 20
 TRIM_BYTES = 128 << 20  # a few conv outputs of up to 32 MiB freed at once (fp32 256x256 batch 4: none refaulted)
 GLIBC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
-OFF_VARIABLE = "FASTCYCLEGAN_SETTLE_HEAP"  # "0": glibc's own policy stays
+OFF_VARIABLE = "FASTCYCLEGAN_SETTLE_HEAP"  # 0/false/off/no: glibc's own policy stays
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
@@ -51,8 +54,9 @@ def _mallopt():
 @functools.cache
 def settle() -> bool:
     """Once a process: glibc's mmap threshold to MMAP_BYTES and its trim threshold to TRIM_BYTES, where glibc
-    is the C library, the environment sets neither (`user_set`) and OFF_VARIABLE is not "0". Whether it set them."""
-    if os.environ.get(OFF_VARIABLE) == "0" or user_set(os.environ):
+    is the C library, the environment sets neither (`user_set`) and OFF_VARIABLE does not turn it off (ValueError
+    for a value that is no switch's). Whether it set them."""
+    if not environment_switch(OFF_VARIABLE, "off: glibc's own malloc thresholds") or user_set(os.environ):
         return False
     mallopt = _mallopt()
     if mallopt is None:

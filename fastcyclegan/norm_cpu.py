@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from .dispatch import ThreadSwitch
+from .dispatch import ThreadSwitch, environment_switch
 from .norm_cpu_build import KernelUnavailable, load, outside_stacklevel
 
 _ACTIVATION = {False: 0, "relu": 1, "leaky": 2}
-_SWITCH = {"1": True, "true": True, "on": True, "yes": True, "0": False, "false": False, "off": False, "no": False}
 _switch = ThreadSwitch()
 # runs this thread's norms on ATen (norm_torch) inside its block: the A/B of the kernel, and tests
 disabled = _switch.disabled
@@ -39,13 +37,7 @@ disabled = _switch.disabled
 
 def enabled_by_environment() -> bool:
     """FASTCYCLEGAN_CPU_KERNEL: 1/true/on/yes (the default) or 0/false/off/no; ValueError for anything else."""
-    value = os.environ.get("FASTCYCLEGAN_CPU_KERNEL", "1")
-    if value.strip().lower() not in _SWITCH:
-        raise ValueError(
-            f"FASTCYCLEGAN_CPU_KERNEL must be 1, true, on, yes (the C norm kernel) or 0, false, off, no (ATen's "
-            f"norms), got {value!r}"
-        )
-    return _SWITCH[value.strip().lower()]
+    return environment_switch("FASTCYCLEGAN_CPU_KERNEL", "on: the C norm kernel, off: ATen's norms")
 
 
 @functools.cache

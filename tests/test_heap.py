@@ -39,9 +39,15 @@ def test_settle_sets_both_thresholds_unless_the_environment_sets_one(monkeypatch
     assert heap.settle.__wrapped__() is True
     assert calls == [(-3, heap.MMAP_BYTES), (-1, heap.TRIM_BYTES)]
     calls.clear()
-    monkeypatch.setenv(heap.OFF_VARIABLE, "0")
-    assert heap.settle.__wrapped__() is False and calls == []
-    monkeypatch.setenv(heap.OFF_VARIABLE, "1")
+    for off in ("0", "off", "No"):
+        monkeypatch.setenv(heap.OFF_VARIABLE, off)
+        assert heap.settle.__wrapped__() is False and calls == []
+    monkeypatch.setenv(heap.OFF_VARIABLE, "maybe")
+    with pytest.raises(ValueError, match="FASTCYCLEGAN_SETTLE_HEAP must be .* got 'maybe'"):
+        heap.settle.__wrapped__()
+    monkeypatch.setenv(heap.OFF_VARIABLE, "yes")
+    assert heap.settle.__wrapped__() is True
+    calls.clear()
     monkeypatch.setenv("MALLOC_TOP_PAD_", "131072")
     assert heap.settle.__wrapped__() is False and calls == []
 
