@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 from .dispatch import environment_switch
 
-MMAP_BYTES = 32 << 20
+MMAP_BYTES = 32 << 20  # glibc's largest dynamic mmap threshold on 64-bit (`workspace.LARGE_BYTES` is this)
 TRIM_BYTES = 128 << 20  # a few conv outputs of up to 32 MiB freed at once (fp32 256x256 batch 4: none refaulted)
 GLIBC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 OFF_VARIABLE = "FASTCYCLEGAN_SETTLE_HEAP"  # 0/false/off/no: glibc's own policy stays

@@ -34,7 +34,7 @@ KEEP_BYTES = 1 << 20  # smaller outputs come from the allocator's cached chunks 
 # glibc's largest mmap threshold on 64-bit: blocks this large are mapped fresh at every allocation (a 4x3x262x262
 # -> 64 channel bf16 conv, 32 MiB out: 15.3 ms with its 8,193 faults, 7.7 ms into a zeroed kept buffer); below it
 # the heap usually keeps its pages and a fresh output is as fast as a buffer (bench/results/TUNING.md)
-LARGE_BYTES = 32 << 20
+LARGE_BYTES = heap.MMAP_BYTES
 _kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> {thread: {site: tensor}}
 _lock = threading.Lock()
 
