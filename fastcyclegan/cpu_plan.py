@@ -13,8 +13,9 @@ A plan is made only where every site runs on those two: CPU inference on pre-pac
 (`convs.runs_packed`), the C kernel in use, no conv output of `workspace.LARGE_BYTES` or more (those take the
 workspace's scratch buffer or image groups, and their kernels outweigh any call overhead), and every
 operand either the input or a buffer of the plan (an override that computes a site another way is refused,
-and runs unrecorded). It is replayed while the input's shape and dtype and every parameter's address and
-version are those recorded, per thread, and dropped with the workspace (`workspace.forget`) on a move or cast.
+and runs unrecorded). It is replayed while the input's shape and dtype, the module tree and every parameter's
+address and version are those recorded (`_Key`), per thread, and dropped with the workspace
+(`workspace.forget`) on a move or cast.
 `disabled()` turns it off for a block of code (the A/B, tests).
 """
 
@@ -42,7 +43,7 @@ class _Plan:
 
     __slots__ = ("key", "steps", "head_input")
 
-    def __init__(self, key: tuple, steps: list, head_input: Tensor | None):
+    def __init__(self, key: _Key, steps: list, head_input: Tensor | None):
         self.key, self.steps, self.head_input = key, steps, head_input
 
     def replay(self, h0: Tensor) -> Tensor:
@@ -51,10 +52,39 @@ class _Plan:
         return self.head_input
 
 
-def _key(generator: nn.Module, x: Tensor) -> tuple:
-    """What a plan holds for: the input's shape and dtype, each parameter's address and version (an in-place
-    update, `load_state_dict` and reassignment all change it; the packed weights follow the same rule)."""
-    return tuple(x.shape), x.dtype, tuple((p.data_ptr(), p._version) for p in generator.parameters())
+class _Key:
+    """What a plan holds for: the input's shape and dtype, and the module tree as it was at recording: every
+    (dictionary, name, value) that put a parameter or submodule in it, and each parameter's address and
+    version (an in-place update, `load_state_dict`, a reassigned parameter or submodule each change one; the
+    packed weights follow the same rule). Checked at every call by identities and two integers a parameter,
+    ~10 us at 128x128: a key of `generator.parameters()` took 170 us there in place (a dotted name built for
+    every module and parameter, their objects cold after the convs; bench/results/TUNING.md). It holds the
+    tree's objects of its time: after a change, until the next call records anew."""
+
+    __slots__ = ("shape", "dtype", "entries", "parameters", "state")
+
+    def __init__(self, generator: nn.Module, x: Tensor):
+        entries, parameters, stack = [], [], [generator]
+        while stack:
+            module = stack.pop()
+            for table in (module._parameters, module._modules):
+                entries.extend((table, name, value) for name, value in table.items())
+            parameters.extend(p for p in module._parameters.values() if p is not None)
+            stack.extend(child for child in module._modules.values() if child is not None)
+        self.shape, self.dtype, self.entries, self.parameters = x.shape, x.dtype, entries, parameters
+        self.state = _state(parameters)
+
+    def holds(self, x: Tensor) -> bool:
+        """Whether a plan recorded under this key runs x on the tree as it is now."""
+        if x.shape != self.shape or x.dtype != self.dtype:
+            return False
+        return all(table.get(name) is value for table, name, value in self.entries) and (
+            _state(self.parameters) == self.state
+        )
+
+
+def _state(parameters: list[Tensor]) -> tuple:
+    return tuple((p.data_ptr(), p._version) for p in parameters)
 
 
 def head_input(generator, x: Tensor, body: Callable) -> Tensor | None:
@@ -65,9 +95,10 @@ def head_input(generator, x: Tensor, body: Callable) -> Tensor | None:
     if _switch.off() or not convs.runs_packed(x, stem) or not norm_cpu.in_use():
         return None
     kept = workspace.per_thread(generator)
-    key, plan = _key(generator, x), kept.get("plan")
-    if plan is not None and plan.key == key:
+    plan = kept.get("plan")
+    if plan is not None and plan.key.holds(x):
         return None if plan.head_input is None else plan.replay(generator._stem_input(x))
+    key = _Key(generator, x)
     h0 = generator._stem_input(x)
     recorder = _Recorder(h0)
     try:

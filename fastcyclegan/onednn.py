@@ -75,6 +75,7 @@ _PACKED = WeakIdKeyDictionary()
 _PACKED_BLOCKED = WeakIdKeyDictionary()
 _PACKED_TRANSPOSED = WeakIdKeyDictionary()
 _BLOCKED = WeakIdKeyDictionary()  # 2x2-blocked, not packed: half precision
+_BLOCKED_BIAS = WeakIdKeyDictionary()  # bias Parameter -> each value 4 times, for the 2x2-blocked conv
 
 
 def _reordered(weight: Tensor, padding, stride, dilation, h: Tensor) -> Tensor:
@@ -82,21 +83,21 @@ def _reordered(weight: Tensor, padding, stride, dilation, h: Tensor) -> Tensor:
     return torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), padding, stride, dilation, 1, list(h.shape))
 
 
-def _cached(cache: WeakIdKeyDictionary, conv: nn.Conv2d, make) -> Tensor:
-    """make() once per version of conv's weight (an in-place update, `load_state_dict`, `.to()` re-make it)."""
-    weight = conv.weight
-    key = (weight.data_ptr(), weight._version)
-    hit = cache.get(weight)
+def _cached(cache: WeakIdKeyDictionary, param: Tensor, make) -> Tensor:
+    """make(param) once per version of param, a conv's weight or bias (an in-place update, `load_state_dict`,
+    `.to()` re-make it)."""
+    key = (param.data_ptr(), param._version)
+    hit = cache.get(param)
     if hit is not None and hit[0] == key:
         return hit[1]
     with torch.no_grad():
-        made = make(weight.detach())
-    cache[weight] = (key, made)
+        made = make(param.detach())
+    cache[param] = (key, made)
     return made
 
 
 def _packed_weight(conv: nn.Conv2d, h: Tensor) -> Tensor:
-    return _cached(_PACKED, conv, lambda w: _reordered(w, *_geometry(conv), h))
+    return _cached(_PACKED, conv.weight, lambda w: _reordered(w, *_geometry(conv), h))
 
 
 def _geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int]]:
@@ -140,11 +141,11 @@ def conv2d_blocked_2x2(conv: nn.Conv2d, h: Tensor, bias: Tensor | None) -> Tenso
     same sums, zeros added. On pre-packed weights where `usable(h, conv)` (fp32), else on a blocked copy of
     the weight in its dtype and channels-last (half precision); inference only, the copies are cached."""
     geometry = [0, 0], [2, 2], [1, 1]
-    bias = None if bias is None else bias.repeat_interleave(4)
+    bias = None if bias is None else _cached(_BLOCKED_BIAS, bias, lambda b: b.repeat_interleave(4))
     if usable(h, conv):
-        packed = _cached(_PACKED_BLOCKED, conv, lambda w: _reordered(_blocked_weight(w), *geometry, h))
+        packed = _cached(_PACKED_BLOCKED, conv.weight, lambda w: _reordered(_blocked_weight(w), *geometry, h))
         return torch.nn.functional.pixel_shuffle(_pointwise(h, packed, bias, *geometry), 2)
-    blocked = _cached(_BLOCKED, conv, lambda w: _blocked_weight(w).contiguous(memory_format=torch.channels_last))
+    blocked = _cached(_BLOCKED, conv.weight, lambda w: _blocked_weight(w).contiguous(memory_format=torch.channels_last))
     return torch.nn.functional.pixel_shuffle(torch.nn.functional.conv2d(h, blocked, bias, stride=2), 2)
 
 
@@ -165,7 +166,7 @@ def conv_call(conv: nn.Module, h: Tensor, bias: Tensor | None) -> Callable[[Tens
             reorder = torch.ops.mkldnn._reorder_convolution_transpose_weight
             return reorder(weight, padding, output_padding, stride, dilation, 1, list(h.shape))
 
-        packed = _cached(_PACKED_TRANSPOSED, conv, make)
+        packed = _cached(_PACKED_TRANSPOSED, conv.weight, make)
         transpose = torch.ops.mkldnn._convolution_transpose_pointwise.default
         return lambda x: transpose(x, packed, bias, padding, output_padding, stride, dilation, 1, "none", [], "")
     packed = _packed_weight(conv, h)

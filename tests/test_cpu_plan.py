@@ -1,6 +1,7 @@
 """FastGenerator's recorded CPU inference plan (fastcyclegan.cpu_plan): replays give bitwise the unrecorded
 path's outputs, are what runs, and are remade or refused whenever what they recorded no longer holds."""
 
+import copy
 import threading
 
 import pytest
@@ -66,19 +67,33 @@ def test_outputs_are_fresh_tensors_not_the_plans_buffers():
     assert not torch.equal(first, second)
 
 
-@pytest.mark.parametrize("change", ["in place", "load_state_dict", "affine"])
+@pytest.mark.parametrize(
+    "change", ["in place", "load_state_dict", "assign", "reassigned", "new submodule", "new block", "affine"]
+)
 def test_a_parameter_update_makes_a_new_plan(change):
     model, x = _model(affine=change == "affine"), _image()
     with torch.inference_mode():
         model(x)
+    block = model.model[model.layout.blocks[0]]
+    conv = block.conv_block[model.layout.block_convs[0]]
     with torch.no_grad():
         if change == "in place":
-            model.model[model.layout.blocks[0]].conv_block[model.layout.block_convs[0]].weight.mul_(-0.5)
-        elif change == "load_state_dict":
+            conv.weight.mul_(-0.5)
+        elif change in ("load_state_dict", "assign"):  # copied into the parameters, or replacing them
             other = _model()
             for p in other.parameters():
                 p.mul_(1.5)
-            model.load_state_dict(other.state_dict())
+            model.load_state_dict(other.state_dict(), assign=change == "assign")
+        elif change == "reassigned":
+            conv.weight = torch.nn.Parameter(conv.weight * -0.5)
+        elif change == "new submodule":  # the same layer, other weights
+            replacement = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size)
+            replacement.weight.copy_(conv.weight * -0.5)
+            block.conv_block[model.layout.block_convs[0]] = replacement
+        elif change == "new block":
+            replacement = copy.deepcopy(block)
+            replacement.conv_block[model.layout.block_convs[0]].weight.mul_(-0.5)
+            model.model[model.layout.blocks[0]] = replacement
         else:  # an affine norm's weight: the plan's fp32 copy of it is made at recording
             norm = model.model[model.layout.norm_after(model.layout.stem)]
             norm.weight.add_(0.25)

@@ -51,6 +51,12 @@ def test_blocked_2x2_conv_equals_the_conv(out_channels, k):
         first = onednn.conv2d_blocked_2x2(conv, x, None)
         conv.weight.mul_(2)
         torch.testing.assert_close(onednn.conv2d_blocked_2x2(conv, x, None), 2 * first)
+        # the bias, repeated for the blocks once per version, follows in-place updates and new tensors too
+        with_bias = onednn.conv2d_blocked_2x2(conv, x, conv.bias)
+        conv.bias.add_(1)
+        torch.testing.assert_close(onednn.conv2d_blocked_2x2(conv, x, conv.bias), with_bias + 1)
+        other = torch.full_like(conv.bias, -3.0)
+        torch.testing.assert_close(onednn.conv2d_blocked_2x2(conv, x, other), 2 * first - 3)
 
 
 def test_blocked_2x2_fits_only_small_unpadded_stride_1_convs_with_even_outputs():
