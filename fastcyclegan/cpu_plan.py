@@ -6,17 +6,17 @@ calls' own argument handling (bench/results/TUNING.md). The first call for an in
 network once through `record`: for each conv + norm site the conv becomes a function of its input alone
 (`onednn.conv_call`, its packed weight bound), the norm a function of the conv's output alone
 (`norm_cpu.forward_call`, every other argument made), and every norm output goes into a buffer the plan keeps
-(the workspace's roles: three for the residual stream whatever the number of blocks). Later calls replay the
-kernel calls: the same calls on the same operands, so bitwise the values of the unrecorded path.
+(the workspace's roles: three for the residual stream whatever the number of blocks); a conv output of
+`workspace.LARGE_BYTES` or more goes into a scratch buffer of the plan's, or is made a group of images at a
+time, as the unrecorded path runs it (`fast._conv_norm`). Later calls replay the kernel calls: the same calls
+on the same operands, so bitwise the values of the unrecorded path.
 
 A plan is made only where every site runs on those two: CPU inference on pre-packed weights
-(`convs.runs_packed`), the C kernel in use, no conv output of `workspace.LARGE_BYTES` or more (those take the
-workspace's scratch buffer or image groups, and their kernels outweigh any call overhead), and every
-operand either the input or a buffer of the plan (an override that computes a site another way is refused,
-and runs unrecorded). It is replayed while the input's shape and dtype, the module tree and every parameter's
-address and version are those recorded (`_Key`), per thread, and dropped with the workspace
-(`workspace.forget`) on a move or cast.
-`disabled()` turns it off for a block of code (the A/B, tests).
+(`convs.runs_packed`), the C kernel in use, and every operand either the input or a buffer of the plan (an
+override that computes a site another way is refused, and runs unrecorded). It is replayed while the input's
+shape and dtype, the module tree and every parameter's address and version are those recorded (`_Key`), per
+thread, and dropped with the workspace (`workspace.forget`) on a move or cast. `disabled()` turns it off for
+a block of code (the A/B, tests).
 """
 
 from __future__ import annotations
@@ -135,23 +135,53 @@ class _Recorder:
         pad: int = 0,
         buffer: tuple | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """`fast._conv_norm`'s contract, recorded."""
+        """`fast._conv_norm`'s contract, recorded, large outputs as it runs them: a conv output of
+        `workspace.LARGE_BYTES` or more into a scratch buffer of the plan's (one a channel count), or where the
+        conv cannot write into one (a transposed conv) a group of images at a time (`workspace.images_per_group`),
+        each group's norm writing its part of the site's buffer."""
         layer, norm = layers[conv], layers[GeneratorLayout.norm_after(conv)]
         source = None if h is self.h0 else self.kept(h)
         if residual is not None:
             self.kept(residual)
         cl = h.stride(1) == 1 and h.shape[1] > 1  # channels-last activations (a padded buffer's interior too)
-        if not cl or not onednn.usable(h, layer) or workspace.is_large(convs.output_shape(layer, h), h):
-            raise NotPlanned("a conv off the pre-packed path, or one whose output takes the workspace's scratch")
-        run_conv = onednn.conv_call(layer, h, None)
-        z = run_conv(h)
+        if not cl or not onednn.usable(h, layer):
+            raise NotPlanned("a conv off the pre-packed path")
+        shape = convs.output_shape(layer, h)
+        scratch, step = None, shape[0]
+        if workspace.is_large(shape, h) and convs.writes_into(layer, h):
+            scratch = workspace.buffer_in(self.buffers, ("scratch", shape[1]), shape, h)
+        elif workspace.is_large(shape, h):
+            step = workspace.images_per_group(shape, h)
+            if source is None and step < shape[0]:
+                raise NotPlanned("groups of the network's input, which is new at every call")
         owner, role = buffer or (layers, conv)
-        out = workspace.buffer_in(self.buffers, (id(owner), role), padded_shape(z, pad), z)
-        if ops.implementation_name(z, residual, out) != "c kernel":  # the op's routing table decides
-            raise NotPlanned("a norm the C kernel does not run")
-        run_norm = norm_cpu.forward_call(
-            z, residual, out, weight=norm.weight, bias=norm.bias, relu=relu, eps=norm.eps, negative_slope=negative_slope
-        )
-        run_norm(z)
-        self.steps.append((run_conv, source, run_norm))
+        out, whole = None, step >= shape[0]
+        for start in range(0, shape[0], step):
+            part = h if whole else h[start : start + step]
+            run_conv = (
+                onednn.conv_call(layer, part, None)
+                if scratch is None
+                else onednn.conv_into_call(layer, part, None, scratch)
+            )
+            z = run_conv(part)
+            if out is None:
+                out = workspace.buffer_in(self.buffers, (id(owner), role), (shape[0], *padded_shape(z, pad)[1:]), z)
+            # each group's part of the residual and of the output: views of the plan's buffers
+            part_residual = residual if whole or residual is None else residual[start : start + step]
+            part_out = out if whole else out[start : start + step]
+            if ops.implementation_name(z, part_residual, part_out) != "c kernel":  # the op's routing table decides
+                raise NotPlanned("a norm the C kernel does not run")
+            run_norm = norm_cpu.forward_call(
+                z,
+                part_residual,
+                part_out,
+                weight=norm.weight,
+                bias=norm.bias,
+                relu=relu,
+                eps=norm.eps,
+                negative_slope=negative_slope,
+            )
+            run_norm(z)
+            self.steps.append((run_conv, source if whole else part, run_norm))
+            del z  # freed before the next group's output is made, as `fast._conv_norm` does
         return out, interior(out, pad)

@@ -175,14 +175,28 @@ def conv_call(conv: nn.Module, h: Tensor, bias: Tensor | None) -> Callable[[Tens
 
 def conv2d(conv: nn.Conv2d, h: Tensor, bias: Tensor | None, out: Tensor | None = None) -> Tensor:
     """conv(h) with `bias` (None: without), in h's memory format; call only where `usable(h, conv)`. out: None,
-    or a tensor of the output's shape, dtype and layout to write it into (where `writes_into_buffers()`): zeroed,
-    then the conv's result added by oneDNN's in-place pointwise op (the op inductor fuses conv + add into; it has
-    no plain variant with an output). Adding to zeros changes no value (but -0.0 into +0.0)."""
+    or a tensor of the output's shape, dtype and layout to write it into (where `writes_into_buffers()`,
+    `conv_into_call`)."""
     if out is None:
         return conv_call(conv, h, bias)(h)
-    out.zero_()
+    return conv_into_call(conv, h, bias, out)(h)
+
+
+def conv_into_call(conv: nn.Conv2d, h: Tensor, bias: Tensor | None, out: Tensor) -> Callable[[Tensor], Tensor]:
+    """conv(.) with `bias` (None: without) written into `out` (a tensor of the output's shape, dtype and layout)
+    as a function of its input alone, for inputs of h's shape, dtype and layout, on the weight as pre-packed
+    now; call only where `usable(h, conv)` and `writes_into_buffers()`. `out` is zeroed, then the conv's result
+    added by oneDNN's in-place pointwise op (the op inductor fuses conv + add into; it has no plain variant with
+    an output). Adding to zeros changes no value (but -0.0 into +0.0). Returns `out`. `conv2d` calls it at
+    every call; a recorded plan (`cpu_plan`) keeps it."""
+    packed, geometry = _packed_weight(conv, h), _geometry(conv)
     add = torch.ops.mkldnn._convolution_pointwise_.binary
-    return add(out, h, _packed_weight(conv, h), bias, *_geometry(conv), 1, "add", None, None, [], None)
+
+    def run(x: Tensor) -> Tensor:
+        out.zero_()
+        return add(out, x, packed, bias, *geometry, 1, "add", None, None, [], None)
+
+    return run
 
 
 def conv_transpose2d(conv: nn.ConvTranspose2d, h: Tensor, bias: Tensor | None) -> Tensor:

@@ -174,13 +174,49 @@ def test_a_move_or_cast_drops_the_plan_and_its_buffers():
     assert _plan(model) is None
 
 
-def test_conv_outputs_for_the_workspaces_scratch_are_left_to_it(monkeypatch):
-    model, x = _model(), _image()
+def _large_from_two_images(monkeypatch, x):
+    """workspace.LARGE_BYTES just over two images' stem output (ngf 8): for 5 images the stem's and first down
+    conv's outputs are large (scratch), the transposed convs' too (3 + 2 and 2 + 2 + 1 images at a time). Every
+    norm output kept, as for large outputs in use (KEEP_BYTES is under LARGE_BYTES)."""
+    monkeypatch.setattr(workspace, "LARGE_BYTES", 2 * 8 * SIZE * SIZE * x.element_size() + 1)
+    monkeypatch.setattr(workspace, "KEEP_BYTES", 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_conv_outputs_are_recorded_into_scratch_buffers_and_by_image_groups(monkeypatch, dtype):
+    model = _model(dtype=dtype)
+    x = torch.cat([_image(dtype, seed=k) for k in range(5)])
+    _large_from_two_images(monkeypatch, x)
     expected = _unplanned(model, x)
-    monkeypatch.setattr(workspace, "LARGE_BYTES", 8 * 64 * 64 * 4)  # the stem's and last up's 8x64x64 outputs
     with torch.inference_mode():
-        got = model(x)
-    assert _plan(model).head_input is None and torch.equal(got, expected)
+        recorded = model(x)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a site ran call by call")
+
+        monkeypatch.setattr(fast, "_conv_norm", refuse)
+        replayed, again = model(x), model(x)
+    plan = _plan(model)
+    assert torch.equal(recorded, expected) and torch.equal(replayed, expected) and torch.equal(again, expected)
+    # stem, two downs, 2 blocks of 2, the first transposed conv in 2 groups, the second in 3
+    assert len(plan.steps) == 3 + 4 + 2 + 3
+    with torch.inference_mode():  # the stem conv writes the plan's scratch buffer, whatever its input
+        first, second = (plan.steps[0][0](model._stem_input(x * s)) for s in (1, -1))
+    assert first.data_ptr() == second.data_ptr()
+
+
+def test_image_groups_of_the_networks_input_are_refused_and_run_unrecorded(monkeypatch):
+    """Where the stem cannot write into a scratch buffer its large output would be made from groups of the
+    input, which is new at every call: no plan, the unrecorded path's outputs."""
+    model = _model()
+    x = torch.cat([_image(seed=k) for k in range(5)])
+    _large_from_two_images(monkeypatch, x)
+    monkeypatch.setattr(onednn, "writes_into_buffers", lambda: False)
+    expected = _unplanned(model, x)
+    with torch.inference_mode():
+        first, second = model(x), model(x)
+    assert _plan(model).head_input is None
+    assert torch.equal(first, expected) and torch.equal(second, expected)
 
 
 def test_dropping_the_model_frees_its_plan():
