@@ -148,12 +148,13 @@ class _Recorder:
             raise NotPlanned("a conv off the pre-packed path")
         shape = convs.output_shape(layer, h)
         scratch, step = None, shape[0]
-        if workspace.is_large(shape, h) and convs.writes_into(layer, h):
-            scratch = workspace.buffer_in(self.buffers, ("scratch", shape[1]), shape, h)
-        elif workspace.is_large(shape, h):
-            step = workspace.images_per_group(shape, h)
-            if source is None and step < shape[0]:
-                raise NotPlanned("groups of the network's input, which is new at every call")
+        if workspace.is_large(shape, h):
+            if convs.writes_into(layer, h):
+                scratch = workspace.scratch_in(self.buffers, shape, h)
+            else:
+                step = workspace.images_per_group(shape, h)
+        if source is None and step < shape[0]:
+            raise NotPlanned("groups of the network's input, which is new at every call")
         owner, role = buffer or (layers, conv)
         out, whole = None, step >= shape[0]
         for start in range(0, shape[0], step):

@@ -95,7 +95,13 @@ def scratch(owner: nn.Module, shape: tuple, like: Tensor, *others) -> Tensor | N
     one a size); None where a fresh tensor is right (autograd, tracing, a GPU, an output under LARGE_BYTES)."""
     if not is_large(shape, like) or not in_play(like, *others):
         return None
-    return _buffer(owner, ("scratch", shape[1]), shape, like)
+    return scratch_in(per_thread(owner), shape, like)
+
+
+def scratch_in(kept: dict, shape: tuple, like: Tensor) -> Tensor:
+    """kept's scratch buffer for an output of `shape` in like's dtype and layout, one a channel count (`scratch`;
+    `cpu_plan` keeps its own)."""
+    return buffer_in(kept, ("scratch", shape[1]), shape, like)
 
 
 def images_per_group(shape: tuple, like: Tensor, *others) -> int:

@@ -359,8 +359,7 @@ static int forward_channels_last(const void *x, void *out, const void *residual,
             reflect_row(row, w, pad, (size_t)(c * es));
             /* the whole padded rows that mirror this one (padded row pad - k mirrors pad + k, pad + h - 1 + k
              * mirrors pad + h - 1 - k), corners included, written by the thread that wrote it: no barrier
-             * between the interior rows and the border rows (one fewer synchronisation a call, each a
-             * timeslice lost on a CPU shared with other busy processes) */
+             * between the interior rows and the border rows (one fewer synchronisation a call) */
             char *padded = row - pad * c * es;
             const size_t row_bytes = (size_t)(row_out * es);
             if (r >= 1 && r <= pad) memcpy(padded - 2 * r * row_out * es, padded, row_bytes);
